@@ -1,0 +1,42 @@
+"""Shared fixtures: offline environment, a small demo feature repo built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FEAST_USAGE", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_WORLD = dict(users=3000, retired=64, active=16, impressions_per_ad=1500, seed=11)
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the project's feature repo definitions (not its data) to ``dest``."""
+    shutil.copytree(ROOT / "feature_repo", dest, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A feature repo with a small demo world, applied, with warm models trained. Treat as read-only."""
+    from llmhyper_feast import pipeline
+    from llmhyper_feast.config import load_settings
+    from llmhyper_feast.demo_world import WorldSize
+
+    repo = copy_repo(tmp_path_factory.mktemp("demo") / "feature_repo")
+    pipeline.make_demo_data(repo, WorldSize(**SMALL_WORLD), progress=False)
+    pipeline.train_warm(repo, load_settings(repo), progress=False)
+    return repo
+
+
+@pytest.fixture
+def empty_repo(tmp_path: Path) -> Path:
+    """A fresh copy of the feature repo definitions without data."""
+    return copy_repo(tmp_path / "feature_repo")

@@ -130,7 +130,7 @@ warm_ad_weights = FeatureView(
         Field(name="impressions", dtype=Int64, description="Impressions the model was trained on."),
         Field(name="clicks", dtype=Int64, description="Clicks the model was trained on."),
         Field(name="train_auc", dtype=Float32, description="AUC on the training impressions."),
-        Field(name="feature_hash", dtype=String, description="Hash of the feature definitions used."),
+        Field(name="feature_hash", dtype=String, description="Hash of the feature names and order the weights follow."),
         Field(name="trained_at", dtype=UnixTimestamp, description="When the model was trained."),
     ],
     source=_source("warm_ad_weights"),

@@ -138,3 +138,115 @@ def main(argv: list[str] | None = None) -> None:
     except LLMHyperError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(1)
+
+
+def backend_options(f):
+    """Flags shared by generate, materialize, evaluate and backtest."""
+    opts = [
+        click.option("--llm", default=None, help="LLM backend: local, openai, knn or pkg.mod:Class (config: llm.name)."),
+        click.option("--model", default=None, help="Model name for the backend (e.g. gpt-4o-mini)."),
+        click.option("--embedder", default=None, help="Embedder: minilm or clip (config: embedder.name)."),
+        click.option("--shots", type=int, default=None, help="Few-shot examples per prompt (0 = zero-shot)."),
+        click.option("--batch-size", type=int, default=None, help="Features per LLM call (0 = all)."),
+        click.option("--samples", type=int, default=None, help="Samples averaged per feature."),
+        click.option("--temperature", type=float, default=None, help="Sampling temperature."),
+        click.option("--reasoning/--no-reasoning", default=None, help="Ask for analysis before the weights."),
+        click.option("--caption/--no-caption", default=None, help="Include image captions in prompts."),
+        click.option("--send-image/--no-send-image", default=None, help="Attach the ad image (multimodal models)."),
+        click.option("--concurrency", type=int, default=None, help="LLM calls in flight."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _backend_settings(repo: Path, llm, model, embedder, shots, batch_size, samples, temperature, reasoning, caption,
+                      send_image, concurrency):
+    from .config import load_settings
+
+    base = load_settings(repo)
+    flags = {"generation.shots": shots, "generation.batch_size": batch_size, "generation.samples": samples,
+             "generation.temperature": temperature, "generation.reasoning": reasoning,
+             "generation.include_caption": caption, "generation.send_image": send_image,
+             "generation.concurrency": concurrency}
+    if llm is not None and llm != base.llm.name:
+        flags["llm"] = {"name": llm, "options": {}}
+    settings = base.with_overrides(**flags)
+    if model is not None:
+        settings = settings.with_overrides(**{"llm.options": {**settings.llm.options, "model": model}})
+    if embedder is not None:
+        settings = settings.with_overrides(embedder={"name": embedder, "options": {}})
+    return settings
+
+
+@cli.command()
+@repo_option
+@click.option("--embedder", default=None, help="Embedder: minilm or clip (config: embedder.name).")
+@quiet_option
+def index(repo: Path, embedder: str | None, quiet: bool) -> None:
+    """Embed the warm ads and build (or reuse) the Faiss index used for few-shot retrieval."""
+    from . import pipeline
+
+    settings = _settings(repo)
+    if embedder:
+        settings = settings.with_overrides(embedder={"name": embedder, "options": {}})
+    _, inputs = pipeline.build_index(repo, settings, progress=not quiet)
+    idx = inputs.index
+    click.echo(f"warm index: {len(idx)} ads, dim {idx.dim}, embedder {idx.embedder_id}, "
+               f"{'reused' if getattr(idx, 'from_cache', False) else 'built'} at {pipeline.data_dir(repo) / pipeline.INDEX_DIR}")
+
+
+@cli.command()
+@repo_option
+@backend_options
+@click.option("--ads", multiple=True, help="Generate only these ad ids (default: every active ad).")
+@click.option("--force", is_flag=True, help="Regenerate even when inputs are unchanged.")
+@quiet_option
+def generate(repo: Path, ads: tuple[str, ...], force: bool, quiet: bool, **backend) -> None:
+    """Write weights for cold ads with the LLM hypernetwork; appends to the generation log."""
+    from . import pipeline
+
+    rows = pipeline.generate(repo, _backend_settings(repo, **backend), ad_ids=list(ads) or None, force=force,
+                             progress=not quiet)
+    _print_generation(rows, pipeline.data_dir(repo) / pipeline.LOG_DIR)
+
+
+def _print_generation(rows, log_dir: Path) -> None:
+    if rows.empty:
+        click.echo(f"nothing to generate: every ad's weights are current (log: {log_dir}); use --force to redo")
+        return
+    counts = rows["source"].value_counts().to_dict()
+    click.echo(f"generated {len(rows)} ads ({', '.join(f'{k}={v}' for k, v in counts.items())}); "
+               f"LLM calls {int(rows['calls'].sum())}, prompt tokens {int(rows['prompt_tokens'].sum())}, "
+               f"completion tokens {int(rows['completion_tokens'].sum())}; log: {log_dir}")
+    for r in rows[rows["source"] == "fallback"].head(5).itertuples():
+        click.echo(f"  fallback {r.ad_id}: {r.fallback_reason[:200]}")
+
+
+@cli.command()
+@repo_option
+@backend_options
+@click.option("--force", is_flag=True, help="Regenerate and rewrite every cold ad.")
+@quiet_option
+def materialize(repo: Path, force: bool, quiet: bool, **backend) -> None:
+    """Generate missing/stale cold-ad weights, calibrate them and write them into Feast (offline + online)."""
+    from . import pipeline
+
+    report = pipeline.materialize(repo, _backend_settings(repo, **backend), force=force, progress=not quiet)
+    click.echo(f"generated {report.generated} ads; wrote {report.written} rows to '{report.view}' "
+               f"({', '.join(f'{k}={v}' for k, v in report.sources.items()) or 'nothing changed'})")
+
+
+@cli.command()
+@repo_option
+@backend_options
+@click.option("--all", "show_all", is_flag=True, help="List every ad, not only the counts and non-current ones.")
+def status(repo: Path, show_all: bool, **backend) -> None:
+    """Count warm, cold-current, cold-stale and cold-missing ads (as `materialize` would see them)."""
+    from . import pipeline
+
+    table = pipeline.status(repo, _backend_settings(repo, **backend))
+    click.echo(" ".join(f"{k}={v}" for k, v in table["state"].value_counts().sort_index().items()))
+    shown = table if show_all else table[~table["state"].isin(["warm", "cold-current"])]
+    for r in shown.head(200).itertuples():
+        click.echo(f"  {r.ad_id} [{r.status}] {r.state}: {r.reason}")

@@ -40,6 +40,11 @@ class FeatureSchema:
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
+    @property
+    def names_hash(self) -> str:
+        """Hash of names and order only: what trained weight vectors depend on (descriptions do not)."""
+        return hashlib.sha256(json.dumps(self.names).encode("utf-8")).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class Ad:

@@ -72,3 +72,142 @@ def load_lr_cold(repo: str | Path) -> LRCold:
     if not path.exists():
         raise DataError(f"No LR_cold baseline at {path}; run `llmhyper train-warm` first.")
     return LRCold.load(path)
+
+
+# --- generation ---------------------------------------------------------------------------
+
+INDEX_DIR, LOG_DIR, CACHE_DIR = "warm_index", "generation_log", "llm_cache"
+
+
+def load_warm_ads(store, schema) -> dict:
+    """Warm ads (current feature hash) with their content and trained weights, by ad id."""
+    from .features import WarmAd
+
+    warm = fa.read_latest(store, fa.view_for_role(store, fa.WARM_ROLE).name)
+    if warm.empty:
+        return {}
+    warm = warm[warm["feature_hash"] == schema.names_hash]
+    ads, _ = fa.read_ads(store)
+    by_id = {a.ad_id: a for a in ads}
+    return {r.ad_id: WarmAd(by_id[r.ad_id], np.asarray(r.weights, np.float64), float(r.bias), float(r.mean_ctr))
+            for r in warm.itertuples() if r.ad_id in by_id}
+
+
+def make_backend(repo: str | Path, settings: Settings):
+    from .cache import AnswerCache
+    from .llm import get_backend
+
+    return get_backend(settings.llm.name, settings.llm.options, cache=AnswerCache(data_dir(repo) / CACHE_DIR))
+
+
+def build_index(repo: str | Path, settings: Settings, *, progress: bool = True):
+    """Embed the warm ads (reusing the saved index when nothing changed) and return generation inputs."""
+    from .embedders import get_embedder
+    from .generation import GenerationInputs
+    from .retrieval import WarmIndex
+
+    store = fa.open_store(repo)
+    schema = fa.read_feature_schema(store)
+    warm = load_warm_ads(store, schema)
+    embedder = get_embedder(settings.embedder.name, settings.embedder.options)
+    index = WarmIndex.load_or_build(data_dir(repo) / INDEX_DIR, [w.ad for w in warm.values()], embedder,
+                                    progress=progress)
+    return store, GenerationInputs(schema, warm, index, embedder, make_backend(repo, settings), settings.generation)
+
+
+def generate(repo: str | Path, settings: Settings, *, ad_ids: list[str] | None = None, force: bool = False,
+             progress: bool = True) -> "pd.DataFrame":
+    """Generate weights for cold ads whose inputs changed (all of ``ad_ids`` with ``force``)."""
+    from .generation import backend_id, generate_rows, input_hash, read_log
+
+    store, inputs = build_index(repo, settings, progress=progress)
+    ads, _ = fa.read_ads(store, status=None if ad_ids else "active")
+    if ad_ids:
+        known = {a.ad_id for a in ads}
+        unknown = [a for a in ad_ids if a not in known]
+        if unknown:
+            raise DataError(f"Unknown ad id(s) {unknown[:5]}: they are not in the ad content view.")
+        ads = [a for a in ads if a.ad_id in set(ad_ids)]
+    if not ad_ids:  # ads that warmed up are served by their trained model
+        ads = [a for a in ads if a.ad_id not in inputs.warm]
+    log = read_log(data_dir(repo) / LOG_DIR)
+    done = set(zip(log["ad_id"], log["input_hash"])) if len(log) else set()
+    bid = backend_id(inputs.backend)
+    todo = [a for a in ads if force or (a.ad_id, input_hash(a, inputs.schema, bid, inputs.config)) not in done]
+    if not todo:
+        return pd.DataFrame()
+    return generate_rows(todo, inputs, log_dir=data_dir(repo) / LOG_DIR, progress=progress)
+
+
+# --- materialization and status --------------------------------------------------------------
+
+
+@dataclass
+class MaterializeReport:
+    generated: int
+    written: int
+    sources: dict[str, int]
+    view: str
+
+
+def materialize(repo: str | Path, settings: Settings, *, force: bool = False, progress: bool = True) -> MaterializeReport:
+    """Generate what is missing or stale, calibrate it and write it to the generated weights view."""
+    from .generation import read_log
+    from .materialization import generated_rows, next_timestamp, weights_version
+
+    new = generate(repo, settings, force=force, progress=progress)
+    store = fa.open_store(repo)
+    schema = fa.read_feature_schema(store)
+    view = fa.view_for_role(store, fa.GENERATED_ROLE).name
+    log = read_log(data_dir(repo) / LOG_DIR)
+    if log.empty:
+        return MaterializeReport(len(new), 0, {}, view)
+    log = log[log["feature_hash"] == schema.hash]
+    warm_ids = set(load_warm_ads(store, schema))
+    log = log[~log["ad_id"].isin(warm_ids)]
+    stored = fa.read_latest(store, view)
+    stored_version = dict(zip(stored["ad_id"], stored["input_hash"])) if len(stored) else {}
+    todo = log[[force and r.ad_id in set(new.get("ad_id", [])) or
+                stored_version.get(r.ad_id) != weights_version(r._asdict(), settings.calibration)
+                for r in log.itertuples(index=False)]]
+    if todo.empty:
+        return MaterializeReport(len(new), 0, {}, view)
+    _, users = fa.read_user_matrix(store, schema, sample=settings.calibration.user_sample, seed=settings.generation.seed)
+    rows = generated_rows(todo, users, schema, settings.calibration, load_lr_cold(repo), next_timestamp(store, view))
+    fa.write_view(store, view, rows)
+    return MaterializeReport(len(new), len(rows), rows["source"].value_counts().to_dict(), view)
+
+
+def status(repo: str | Path, settings: Settings) -> pd.DataFrame:
+    """One row per ad: warm, cold-current, cold-stale or cold-missing, with the reason."""
+    from .generation import backend_id, input_hash, read_log
+    from .materialization import weights_version
+
+    store = fa.open_store(repo)
+    schema = fa.read_feature_schema(store)
+    ads, ads_df = fa.read_ads(store)
+    warm = load_warm_ads(store, schema)
+    backend = make_backend(repo, settings)
+    bid = backend_id(backend)
+    log = read_log(data_dir(repo) / LOG_DIR)
+    log_by_ad = {r["ad_id"]: r for r in log.to_dict("records")} if len(log) else {}
+    stored = fa.read_latest(store, fa.view_for_role(store, fa.GENERATED_ROLE).name)
+    stored_by_ad = {r["ad_id"]: r for r in stored.to_dict("records")} if len(stored) else {}
+    out = []
+    for ad, ad_status in zip(ads, ads_df["status"]):
+        if ad.ad_id in warm:
+            state, why = "warm", "trained on clicks"
+        elif ad.ad_id not in stored_by_ad:
+            state, why = "cold-missing", "no generated weights stored"
+        else:
+            row, log_row = stored_by_ad[ad.ad_id], log_by_ad.get(ad.ad_id)
+            if row["feature_hash"] != schema.hash:
+                state, why = "cold-stale", f"feature definitions changed ({row['feature_hash']} -> {schema.hash})"
+            elif log_row is None or log_row["input_hash"] != input_hash(ad, schema, bid, settings.generation):
+                state, why = "cold-stale", "ad content, prompt, model or generation options changed"
+            elif row["input_hash"] != weights_version(log_row, settings.calibration):
+                state, why = "cold-stale", "calibration settings or a newer generation not yet written"
+            else:
+                state, why = "cold-current", f"{row['source']} weights from {row['llm_model']}"
+        out.append({"ad_id": ad.ad_id, "status": ad_status, "state": state, "reason": why})
+    return pd.DataFrame(out)

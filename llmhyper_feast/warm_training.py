@@ -88,7 +88,7 @@ def train_warm_models(
         w, b, mean_ctr, auc = fit_ad(x, g["clicked"].to_numpy().astype(int), config.l2_c)
         rows.append({"ad_id": ad_id, "weights": w.astype(np.float32), "bias": np.float32(b),
                      "mean_ctr": np.float32(mean_ctr), "impressions": n, "clicks": clicks,
-                     "train_auc": np.float32(auc), "feature_hash": schema.hash,
+                     "train_auc": np.float32(auc), "feature_hash": schema.names_hash,
                      "trained_at": now, "event_timestamp": now})
     return WarmTrainingResult(pd.DataFrame(rows), skipped)
 
@@ -117,10 +117,10 @@ class LRCold:
 
 
 def lr_cold(warm: pd.DataFrame, schema: FeatureSchema) -> LRCold:
-    """Median weights/bias over warm rows (those with the current feature hash)."""
-    current = warm[warm["feature_hash"] == schema.hash] if len(warm) else warm
+    """Median weights/bias over warm rows (those trained on the current feature names and order)."""
+    current = warm[warm["feature_hash"] == schema.names_hash] if len(warm) else warm
     if current.empty:
         raise DataError("No warm ad models match the current feature definitions; run `llmhyper train-warm` first.")
     w = np.stack([np.asarray(v, np.float64) for v in current["weights"]])
     return LRCold(np.median(w, axis=0), float(np.median(current["bias"])), float(np.mean(current["mean_ctr"])),
-                  schema.hash, len(current))
+                  schema.names_hash, len(current))

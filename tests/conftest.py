@@ -40,3 +40,19 @@ def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def empty_repo(tmp_path: Path) -> Path:
     """A fresh copy of the feature repo definitions without data."""
     return copy_repo(tmp_path / "feature_repo")
+
+
+def clone_repo(src: Path, dest: Path) -> Path:
+    """Copy a built repo (data included) and re-apply it so its sources point at the copy."""
+    from llmhyper_feast import feast_adapter as fa
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "data" / "registry.db").unlink()
+    fa.apply_repo(dest)
+    return dest
+
+
+@pytest.fixture
+def demo_copy(demo_repo: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the session's demo repo."""
+    return clone_repo(demo_repo, tmp_path / "repo")

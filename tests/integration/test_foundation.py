@@ -37,17 +37,11 @@ def _edit_definitions(repo: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def test_description_edit_changes_hash_and_prompt(tmp_path: Path, demo_repo: Path) -> None:
+def test_description_edit_changes_hash_and_prompt(demo_copy: Path) -> None:
     from llmhyper_feast.features import Ad
     from llmhyper_feast.prompts import build_messages
 
-    repo = tmp_path / "repo"
-    import shutil
-
-    shutil.copytree(demo_repo, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    # the copied registry points at the original data files; re-apply makes it point at ours
-    (repo / "data" / "registry.db").unlink()
-    fa.apply_repo(repo)
+    repo = demo_copy
     before = fa.read_feature_schema(fa.open_store(repo))
     _edit_definitions(repo, '"plants, seeds, garden tools and lawn care"', '"houseplants and balcony gardens"')
     fa.apply_repo(repo)
@@ -119,7 +113,7 @@ def test_warm_models_round_trip_through_feast(demo_repo: Path) -> None:
     offline = fa.read_latest(store, "warm_ad_weights")
     _, retired = fa.read_ads(store, status="retired")
     assert set(offline["ad_id"]) <= set(retired["ad_id"]) and len(offline) >= 0.9 * len(retired)
-    assert (offline["feature_hash"] == schema.hash).all()
+    assert (offline["feature_hash"] == schema.names_hash).all()
     ad_id = offline["ad_id"].iloc[0]
     online = fa.get_online(store, ["warm_ad_weights:weights", "warm_ad_weights:bias"], [{"ad_id": ad_id}])
     np.testing.assert_allclose(online["weights"][0], offline["weights"].iloc[0], rtol=0, atol=1e-7)

@@ -1,0 +1,200 @@
+"""LLM-HYPER's generation step: retrieve similar warm ads, prompt the LLM, validate, average.
+
+Output is the generation log: one row per (run, ad) with the raw per-sample weights, the
+averaged weights and their spread, the neighbours used, tokens, latency and the source
+(``llm``, ``knn`` or ``fallback``). Rows are appended per chunk of ads, so a crash never
+loses finished ads; LLM answers are cached, so a re-run repeats no call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .answers import request_weights
+from .config import GenerationConfig
+from .errors import DataError
+from .features import Ad, FeatureSchema, Neighbour, WarmAd
+from .llm.base import ChatRequest, LLMBackend
+from .llm.knn import knn_prior
+from .prompts import PROMPT_VERSION, build_messages, feature_batches, image_to_data_url, prompt_hash
+from .retrieval import WarmIndex
+
+MIN_NEIGHBOURS = 5  # retrieved even for 0-shot prompts: the prior and alpha need them
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    """Everything one generation run needs besides the cold ads."""
+
+    schema: FeatureSchema
+    warm: dict[str, WarmAd]
+    index: WarmIndex
+    embedder: Any
+    backend: LLMBackend
+    config: GenerationConfig
+
+
+def input_hash(ad: Ad, schema: FeatureSchema, backend_id: str, config: GenerationConfig) -> str:
+    """Hash of what decides an ad's generated weights: content, features, prompt, model, options."""
+    opts = config.model_dump(exclude={"concurrency"})
+    payload = json.dumps([ad.ad_id, ad.title, ad.caption, ad.image_uri, schema.hash, PROMPT_VERSION, backend_id, opts],
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def backend_id(backend: LLMBackend) -> str:
+    return f"{backend.name}:{backend.model_id}"
+
+
+def retrieve(inputs: GenerationInputs, ads: Sequence[Ad], *, exclude_self: bool = True,
+             progress: bool = False) -> list[list[Neighbour]]:
+    """Top neighbours (at least MIN_NEIGHBOURS, at least ``shots``) of each ad among the warm ads."""
+    if len(inputs.index) == 0 or not ads:
+        return [[] for _ in ads]
+    vectors = inputs.embedder.embed(list(ads), progress=progress)
+    k = max(inputs.config.shots, MIN_NEIGHBOURS)
+    hits = inputs.index.search(vectors, k, exclude_ids=[a.ad_id for a in ads] if exclude_self else None)
+    return [[Neighbour(inputs.warm[i], s) for i, s in row if i in inputs.warm] for row in hits]
+
+
+def prior_weights(neighbours: Sequence[Neighbour], n: int) -> np.ndarray:
+    """The kNN prior: similarity-weighted average of the neighbours' weights (zeros without any)."""
+    if not neighbours:
+        return np.zeros(n)
+    return knn_prior(np.stack([nb.warm.weights for nb in neighbours]), np.array([nb.similarity for nb in neighbours]))
+
+
+def _image_url(ad: Ad) -> tuple[str | None, str]:
+    if not ad.image_uri:
+        return None, "no image_uri"
+    try:
+        return image_to_data_url(ad.image_uri), ""
+    except (DataError, OSError, ValueError) as exc:
+        return None, f"image unreadable, text only: {exc}"
+
+
+def _requests_for(ad: Ad, neighbours: list[Neighbour], inputs: GenerationInputs) -> tuple[list[ChatRequest], str]:
+    cfg = inputs.config
+    image, note = _image_url(ad) if cfg.send_image else (None, "")
+    requests = []
+    for batch in feature_batches(inputs.schema, cfg.batch_size):
+        messages = build_messages(ad, batch, inputs.schema, neighbours[: cfg.shots], reasoning=cfg.reasoning,
+                                  include_caption=cfg.include_caption, image_data_url=image, max_abs=cfg.max_abs)
+        requests.append(ChatRequest(messages=tuple(messages), feature_names=tuple(f.name for f in batch),
+                                    n=cfg.samples, temperature=cfg.temperature, seed=cfg.seed,
+                                    reasoning=cfg.reasoning, max_abs=cfg.max_abs,
+                                    max_tokens=900 if cfg.reasoning else 40 + 14 * len(batch)))
+    return requests, note
+
+
+def _row(ad: Ad, neighbours: list[Neighbour], inputs: GenerationInputs, run_id: str, prior: np.ndarray,
+         weights: np.ndarray, std: np.ndarray, raw: list, source: str, reason: str, usage: dict[str, Any]) -> dict:
+    schema = inputs.schema
+    return {
+        "run_id": run_id, "ad_id": ad.ad_id, "input_hash": input_hash(ad, schema, backend_id(inputs.backend), inputs.config),
+        "feature_names": json.dumps(schema.names), "feature_hash": schema.hash, "prompt_version": PROMPT_VERSION,
+        "llm_model": backend_id(inputs.backend), "weights": weights.tolist(), "weights_std": std.tolist(),
+        "prior_weights": prior.tolist(), "raw_samples": json.dumps(raw),
+        "neighbours": json.dumps([nb.warm.ad.ad_id for nb in neighbours]),
+        "similarities": [float(nb.similarity) for nb in neighbours],
+        "neighbour_ctrs": [float(nb.warm.mean_ctr) for nb in neighbours],
+        "neighbour_norms": [float(np.linalg.norm(nb.warm.weights)) for nb in neighbours],
+        "source": source, "fallback_reason": reason, "generated_at": datetime.now(timezone.utc), **usage,
+    }
+
+
+def _assemble(ad: Ad, neighbours: list[Neighbour], requests: list[ChatRequest], outcomes: list[Any],
+              inputs: GenerationInputs, run_id: str, note: str) -> dict:
+    names = inputs.schema.names
+    prior = prior_weights(neighbours, len(names))
+    weights, std = prior.copy(), np.zeros(len(names))
+    raw, failures, samples_used = [], [], []
+    for request, outcome in zip(requests, outcomes):
+        cols = [names.index(f) for f in request.feature_names]
+        if outcome.failed is not None or not outcome.samples:
+            failures.append(f"features {list(request.feature_names)}: {outcome.failed}")
+            raw.append(None)
+            continue
+        mat = np.array([[s[f] for f in request.feature_names] for s in outcome.samples], dtype=np.float64)
+        weights[cols], std[cols] = mat.mean(axis=0), mat.std(axis=0)
+        raw.append(mat.tolist())
+        samples_used.append(len(mat))
+    usage = {
+        "prompt_hash": hashlib.sha256("".join(prompt_hash(list(r.messages)) for r in requests).encode()).hexdigest()[:16],
+        "prompt_tokens": sum(o.prompt_tokens for o in outcomes), "completion_tokens": sum(o.completion_tokens for o in outcomes),
+        "calls": sum(o.calls for o in outcomes), "latency_s": float(sum(o.latency_s for o in outcomes)),
+        "retried": any(o.retried for o in outcomes), "samples": min(samples_used) if samples_used and not failures else 0,
+        "image_note": note,
+    }
+    source = "fallback" if failures else "llm"
+    return _row(ad, neighbours, inputs, run_id, prior, weights, std, raw, source, "; ".join(failures), usage)
+
+
+def generate_rows(ads: Sequence[Ad], inputs: GenerationInputs, *, log_dir: str | Path | None = None,
+                  exclude_self: bool = True, chunk_size: int = 8, progress: bool = True) -> pd.DataFrame:
+    """Generate weights for ``ads``; appends one log part per chunk to ``log_dir`` when given."""
+    from tqdm.auto import tqdm
+
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    all_rows: list[dict] = []
+    bar = tqdm(total=len(ads), desc=f"generate ({inputs.backend.name})", unit="ad", disable=not progress)
+    for start in range(0, len(ads), chunk_size):
+        chunk = list(ads[start:start + chunk_size])
+        neighbours = retrieve(inputs, chunk, exclude_self=exclude_self)
+        rows = []
+        if not inputs.backend.uses_prompts:
+            for ad, nbs in zip(chunk, neighbours):
+                prior = prior_weights(nbs, len(inputs.schema))
+                usage = {"prompt_hash": "", "prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "latency_s": 0.0,
+                         "retried": False, "samples": 0, "image_note": ""}
+                rows.append(_row(ad, nbs, inputs, run_id, prior, prior, np.zeros(len(prior)), [], "knn", "", usage))
+        else:
+            per_ad = [_requests_for(ad, nbs, inputs) for ad, nbs in zip(chunk, neighbours)]
+            flat = [r for reqs, _ in per_ad for r in reqs]
+            t0 = time.perf_counter()
+            outcomes = request_weights(inputs.backend, flat, concurrency=inputs.config.concurrency, progress=False)
+            wall = time.perf_counter() - t0
+            pos = 0
+            for ad, nbs, (reqs, note) in zip(chunk, neighbours, per_ad):
+                row = _assemble(ad, nbs, reqs, outcomes[pos:pos + len(reqs)], inputs, run_id, note)
+                row["wall_s"] = wall / len(chunk)
+                rows.append(row)
+                pos += len(reqs)
+        if log_dir is not None and rows:
+            append_log(log_dir, pd.DataFrame(rows), f"{run_id}-{start:06d}")
+        all_rows.extend(rows)
+        bar.update(len(chunk))
+    bar.close()
+    return pd.DataFrame(all_rows)
+
+
+def append_log(log_dir: str | Path, rows: pd.DataFrame, part: str) -> Path:
+    """Write one generation-log part atomically (temp file + rename)."""
+    directory = Path(log_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"part-{part}.parquet"
+    tmp = directory / f".{path.name}.tmp"
+    rows.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def read_log(log_dir: str | Path, *, latest: bool = True) -> pd.DataFrame:
+    """The generation log (every part); with ``latest`` only each ad's newest row."""
+    parts = sorted(Path(log_dir).glob("part-*.parquet")) if Path(log_dir).exists() else []
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    if latest:
+        df = df.sort_values("generated_at", kind="stable").drop_duplicates("ad_id", keep="last").reset_index(drop=True)
+    return df

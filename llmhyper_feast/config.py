@@ -58,6 +58,13 @@ class WarmConfig(BaseModel):
     l2_c: float = Field(1.0, gt=0, description="inverse L2 strength of the per-ad regressions")
 
 
+class GateConfig(BaseModel):
+    """Deployment gate: compare the backend's backtest with the kNN prior before materializing."""
+
+    model_config = _STRICT
+    mode: Literal["off", "warn", "refuse", "blend"] = "off"
+
+
 class Settings(BaseModel):
     """Everything llmhyper.yaml may hold."""
 
@@ -67,6 +74,7 @@ class Settings(BaseModel):
     generation: GenerationConfig = GenerationConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     warm: WarmConfig = WarmConfig()
+    gate: GateConfig = GateConfig()
 
     def with_overrides(self, **flags: Any) -> "Settings":
         """Return a copy with dotted-key overrides (``{"generation.shots": 3}``); None values are ignored."""

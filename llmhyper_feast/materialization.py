@@ -84,10 +84,16 @@ def next_timestamp(store: "FeatureStore", view: str) -> datetime:
 
 
 def generated_rows(log: pd.DataFrame, users: np.ndarray, schema: FeatureSchema, calibration: CalibrationConfig,
-                   lr_cold: LRCold, timestamp: datetime) -> pd.DataFrame:
-    """Rows for the generated weights view, one per log row (all calibrated in memory first)."""
+                   lr_cold: LRCold, timestamp: datetime, decision: str = "no gate", blend: float = 1.0) -> pd.DataFrame:
+    """Rows for the generated weights view, one per log row (all calibrated in memory first).
+
+    ``blend`` < 1 mixes LLM weights with the kNN prior: ``blend * llm + (1 - blend) * prior``.
+    """
     rows = []
     for _, r in log.iterrows():
+        if blend != 1.0 and r["source"] == "llm":
+            r = r.copy()
+            r["weights"] = blend * np.asarray(r["weights"], float) + (1 - blend) * np.asarray(r["prior_weights"], float)
         if r["feature_hash"] != schema.hash:
             raise DataError(f"Log row for {r['ad_id']} was generated for feature hash {r['feature_hash']}, "
                             f"but the registry now has {schema.hash}; regenerate it (llmhyper materialize).")
@@ -97,7 +103,8 @@ def generated_rows(log: pd.DataFrame, users: np.ndarray, schema: FeatureSchema, 
             "alpha": np.float32(cal["alpha"]), "delta": np.float32(cal["delta"]), "norm": np.float32(cal["norm"]),
             "llm_model": r["llm_model"], "prompt_hash": r["prompt_hash"], "prompt_version": r["prompt_version"],
             "feature_hash": r["feature_hash"], "input_hash": weights_version(r, calibration),
-            "samples": int(r["samples"]), "source": cal["source"], "generated_at": r["generated_at"],
+            "samples": int(r["samples"]), "source": cal["source"], "decision": decision,
+            "generated_at": r["generated_at"],
             "event_timestamp": timestamp,
         })
     return pd.DataFrame(rows)

@@ -77,6 +77,7 @@ def load_lr_cold(repo: str | Path) -> LRCold:
 # --- generation ---------------------------------------------------------------------------
 
 INDEX_DIR, LOG_DIR, CACHE_DIR = "warm_index", "generation_log", "llm_cache"
+BACKTEST_FILE = "backtest.json"
 
 
 def load_warm_ads(store, schema) -> dict:
@@ -152,9 +153,12 @@ class MaterializeReport:
 
 def materialize(repo: str | Path, settings: Settings, *, force: bool = False, progress: bool = True) -> MaterializeReport:
     """Generate what is missing or stale, calibrate it and write it to the generated weights view."""
+    from . import backtest
     from .generation import read_log
     from .materialization import generated_rows, next_timestamp, weights_version
 
+    decision, blend = backtest.gate_decision(settings.gate, backtest.load(data_dir(repo) / BACKTEST_FILE),
+                                             _backend_id(repo, settings))
     new = generate(repo, settings, force=force, progress=progress)
     store = fa.open_store(repo)
     schema = fa.read_feature_schema(store)
@@ -173,9 +177,16 @@ def materialize(repo: str | Path, settings: Settings, *, force: bool = False, pr
     if todo.empty:
         return MaterializeReport(len(new), 0, {}, view)
     _, users = fa.read_user_matrix(store, schema, sample=settings.calibration.user_sample, seed=settings.generation.seed)
-    rows = generated_rows(todo, users, schema, settings.calibration, load_lr_cold(repo), next_timestamp(store, view))
+    rows = generated_rows(todo, users, schema, settings.calibration, load_lr_cold(repo), next_timestamp(store, view),
+                          decision=decision, blend=blend)
     fa.write_view(store, view, rows)
     return MaterializeReport(len(new), len(rows), rows["source"].value_counts().to_dict(), view)
+
+
+def _backend_id(repo: str | Path, settings: Settings) -> str:
+    from .generation import backend_id
+
+    return backend_id(make_backend(repo, settings))
 
 
 def status(repo: str | Path, settings: Settings) -> pd.DataFrame:
@@ -211,3 +222,87 @@ def status(repo: str | Path, settings: Settings) -> pd.DataFrame:
                 state, why = "cold-current", f"{row['source']} weights from {row['llm_model']}"
         out.append({"ad_id": ad.ad_id, "status": ad_status, "state": state, "reason": why})
     return pd.DataFrame(out)
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+ABLATIONS = {
+    "shots": ("generation.shots", [0, 3, 5]),
+    "caption": ("generation.include_caption", [True, False]),
+    "batch_size": ("generation.batch_size", [1, 5, 10, 0]),
+    "samples": ("generation.samples", [1, 3, 5]),
+    "scale": ("calibration.scale", ["unit", "neighbours"]),
+    "reasoning": ("generation.reasoning", [False, True]),
+}
+EVAL_FILE = "evaluation.json"
+
+
+def evaluate(repo: str | Path, settings: Settings, *, ablations: list[str] = (), impressions_path: str | Path | None = None,
+             n_boot: int = 1000, progress: bool = True) -> list[dict]:
+    """Every baseline, the configured backend and the requested ablations on the cold ads; saved as JSON."""
+    import json
+    from dataclasses import replace
+
+    from . import evaluation as ev
+    from .generation import generate_rows
+    from .llm import get_backend
+
+    store, inputs = build_index(repo, settings, progress=progress)
+    schema = inputs.schema
+    path = Path(impressions_path) if impressions_path else data_dir(repo) / IMPRESSIONS_FILE
+    data = ev.load_eval_data(repo, store, schema, pd.read_parquet(path))
+    _, users = fa.read_user_matrix(store, schema, sample=settings.calibration.user_sample, seed=settings.generation.seed)
+    cold = load_lr_cold(repo)
+    knn_rows = generate_rows(data.ads, replace(inputs, backend=get_backend("knn")), progress=False)
+    results = [ev.calibrated_result("lr_cold", data, knn_rows, settings, cold, users, override=cold.weights),
+               ev.lr_warm_result(data, settings), ev.calibrated_result("knn_prior", data, knn_rows, settings, cold, users),
+               ev.embedding_result(data, inputs.embedder)]
+
+    def llm_row(label: str, s: Settings) -> None:
+        rows = generate_rows(data.ads, replace(inputs, config=s.generation), progress=progress)
+        res = ev.calibrated_result(label, data, rows, s, cold, users)
+        res.extra.update(llm_calls=int(rows["calls"].sum()), prompt_tokens=int(rows["prompt_tokens"].sum()))
+        results.append(res)
+
+    if inputs.backend.uses_prompts:
+        llm_row(f"llm_hyper[{inputs.backend.name}]", settings)
+        for name in ablations:
+            if name not in ABLATIONS:
+                raise DataError(f"Unknown ablation '{name}'. Choose from: {', '.join(ABLATIONS)}.")
+            key, values = ABLATIONS[name]
+            for value in values:
+                llm_row(f"llm[{name}={value}]", settings.with_overrides(**{key: value}))
+    oracle = ev.oracle_result(data)
+    if oracle is not None:
+        results.append(oracle)
+    warm = next(r for r in results if r.name == "lr_warm")
+    table = ev.score_table(data, results, n_boot=n_boot, seed=settings.generation.seed,
+                           true_top=ev.true_top_features(data, warm))
+    out = {"rows": table, "n_test_impressions": int(len(data.test_clicked)), "n_active_ads": len(data.ads),
+           "feature_hash": schema.hash, "llm_model": f"{inputs.backend.name}:{inputs.backend.model_id}",
+           "weights": {r.name: r.weights.tolist() for r in results if r.weights is not None},
+           "ad_ids": [a.ad_id for a in data.ads], "feature_names": schema.names,
+           "calibration": _calibration_curves(data, results)}
+    (data_dir(repo) / EVAL_FILE).write_text(json.dumps(out, default=float))
+    return table
+
+
+def _calibration_curves(data, results) -> dict:
+    from .metrics import calibration_table
+
+    return {r.name: {k: v.tolist() for k, v in calibration_table(data.test_clicked, r.scores, 20).items()}
+            for r in results if r.weights is not None}
+
+
+def run_backtest(repo: str | Path, settings: Settings, *, sample: int = 30, impressions_path: str | Path | None = None,
+                 progress: bool = True) -> dict:
+    """Backtest the configured backend on ``sample`` warm ads and save the result for the gate."""
+    from . import backtest
+
+    store, inputs = build_index(repo, settings, progress=progress)
+    path = Path(impressions_path) if impressions_path else data_dir(repo) / IMPRESSIONS_FILE
+    user_ids, users = fa.read_user_matrix(store, inputs.schema)
+    result = backtest.run_backtest(inputs, pd.read_parquet(path), user_ids, users, sample=sample,
+                                   seed=settings.generation.seed, progress=progress)
+    backtest.save(data_dir(repo) / BACKTEST_FILE, result)
+    return result

@@ -144,7 +144,8 @@ def backend_options(f):
     """Flags shared by generate, materialize, evaluate and backtest."""
     opts = [
         click.option("--llm", default=None, help="LLM backend: local, openai, knn or pkg.mod:Class (config: llm.name)."),
-        click.option("--model", default=None, help="Model name for the backend (e.g. gpt-4o-mini)."),
+        click.option("--model", default=None, help="Model for the backend: a name for openai (e.g. gpt-4o-mini), "
+                     "a GGUF file path for local."),
         click.option("--embedder", default=None, help="Embedder: minilm or clip (config: embedder.name)."),
         click.option("--shots", type=int, default=None, help="Few-shot examples per prompt (0 = zero-shot)."),
         click.option("--batch-size", type=int, default=None, help="Features per LLM call (0 = all)."),
@@ -173,7 +174,8 @@ def _backend_settings(repo: Path, llm, model, embedder, shots, batch_size, sampl
         flags["llm"] = {"name": llm, "options": {}}
     settings = base.with_overrides(**flags)
     if model is not None:
-        settings = settings.with_overrides(**{"llm.options": {**settings.llm.options, "model": model}})
+        key = "gguf_path" if settings.llm.name == "local" else "model"  # the local backend's model is a file
+        settings = settings.with_overrides(**{"llm.options": {**settings.llm.options, key: model}})
     if embedder is not None:
         settings = settings.with_overrides(embedder={"name": embedder, "options": {}})
     return settings
@@ -302,3 +304,26 @@ def backtest(repo: Path, sample: int, impressions: Path | None, fmt: str, quiet:
     click.echo(f"  within-ad click GAUC          {r['click_gauc']:.3f}   (kNN prior {r['knn_click_gauc']:.3f}, "
                f"trained {r['trained_click_gauc']:.3f})")
     click.echo(f"  best blend lambda (llm share) {r['best_lambda']:.2f}; fallbacks {r['fallbacks']}")
+
+
+@cli.group()
+def coupon() -> None:
+    """The UCI in-vehicle coupon data as a real-data Feast repo."""
+
+
+@coupon.command("build")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path),
+              default=Path("../shared/data/in-vehicle-coupon-recommendation.csv"), show_default=True,
+              help="The UCI in-vehicle coupon CSV.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("coupon_repo"), show_default=True,
+              help="Folder for the new Feast repo (created).")
+@click.option("--holdout", type=float, default=0.3, show_default=True, help="Share of offers held out as cold.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@quiet_option
+def coupon_build(csv_path: Path, out: Path, holdout: float, seed: int, quiet: bool) -> None:
+    """Build a Feast repo (user features with definitions, offers as ads, split) from the coupon CSV."""
+    from .coupon_data import build_coupon_repo
+
+    stats = build_coupon_repo(csv_path, out, holdout_share=holdout, seed=seed, progress=not quiet)
+    click.echo(f"coupon repo at {out}: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
+    click.echo(f"next: llmhyper train-warm --repo {out} && llmhyper evaluate --repo {out}")

@@ -42,21 +42,73 @@ def _world_size(users: int, retired: int, active: int, impressions: int, seed: i
 @cli.group(invoke_without_command=True)
 @repo_option
 @_size_options
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where the demo exports the ONNX models (default: <repo>/data/onnx).")
+@click.option("--llm", default=None, help="Backend for the demo's generation (default: llmhyper.yaml, i.e. local).")
 @quiet_option
 @click.pass_context
 def demo(ctx: click.Context, repo: Path, users: int, retired: int, active: int, impressions: int, seed: int,
-         quiet: bool) -> None:
-    """Run the end-to-end demo: build the world, apply, train warm models (subcommands run single steps)."""
+         out: Path | None, llm: str | None, quiet: bool) -> None:
+    """Run the end-to-end demo (subcommands run single steps).
+
+    Steps: build the world, feast apply, train warm models, generate + materialize cold-ad
+    weights, export ONNX, rank for one test user, evaluate, write the HTML report.
+    """
     if ctx.invoked_subcommand is not None:
         return
+    import time
+
     from . import pipeline
 
+    t0 = time.perf_counter()
+    progress = not quiet
+    settings = _settings(repo)
+    if llm:
+        settings = settings.with_overrides(llm={"name": llm, "options": {}})
     size = _world_size(users, retired, active, impressions, seed)
-    click.echo(f"[1/2] building the demo world in {repo}/data ...")
-    stats = pipeline.make_demo_data(repo, size, progress=not quiet)
+    out = out or repo / "data" / "onnx"
+
+    def step(i: int, text: str) -> None:
+        click.echo(f"[{i}/7 {time.perf_counter() - t0:6.0f}s] {text}")
+
+    step(1, f"building the demo world in {repo}/data, feast apply, loading the online store ...")
+    stats = pipeline.make_demo_data(repo, size, progress=progress)
     click.echo("      " + ", ".join(f"{k}={v}" for k, v in stats.items()))
-    click.echo("[2/2] training warm-ad models ...")
-    _print_warm(pipeline.train_warm(repo, _settings(repo), progress=not quiet))
+    step(2, "training warm-ad models ...")
+    _print_warm(pipeline.train_warm(repo, settings, progress=progress))
+    step(3, f"generating + materializing cold-ad weights with the '{settings.llm.name}' backend ...")
+    report = pipeline.materialize(repo, settings, progress=progress)
+    click.echo(f"      wrote {report.written} rows to '{report.view}' ({report.sources})")
+    step(4, f"exporting ONNX models to {out} ...")
+    from .export import export_repo
+
+    manifest = export_repo(repo, out)
+    click.echo(f"      {len(manifest.ad_ids)} ads in the all-ads model; manifest {out / 'manifest.json'}")
+    step(5, "ranking for one test user (Feast online lookup + ONNX) ...")
+    _demo_ranking(repo, out)
+    step(6, "evaluating on the cold ads and held-out users ...")
+    from .evaluation import format_table
+
+    click.echo(format_table(pipeline.evaluate(repo, settings, progress=progress)))
+    step(7, "writing the report ...")
+    from .report import write_report
+
+    click.echo(f"report: {write_report(repo)}")
+    click.echo(f"demo finished in {time.perf_counter() - t0:.0f} s")
+
+
+def _demo_ranking(repo: Path, models: Path) -> None:
+    import pandas as pd
+
+    from .demo_world import IMPRESSIONS_FILE
+    from .ranking import Ranker
+
+    imps = pd.read_parquet(repo / "data" / IMPRESSIONS_FILE, columns=["user_id", "user_split"])
+    user = sorted(imps.loc[imps["user_split"] == "test", "user_id"].unique())[0]
+    ranker = Ranker(repo, models)
+    click.echo(f"      top 5 ads for {user}:")
+    for i, r in enumerate(ranker.rank(user, k=5), 1):
+        click.echo(f"      {i}. {r.ad_id} ctr={r.ctr:.4f} ({r.source})")
 
 
 @demo.command("data")
@@ -327,3 +379,12 @@ def coupon_build(csv_path: Path, out: Path, holdout: float, seed: int, quiet: bo
     stats = build_coupon_repo(csv_path, out, holdout_share=holdout, seed=seed, progress=not quiet)
     click.echo(f"coupon repo at {out}: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
     click.echo(f"next: llmhyper train-warm --repo {out} && llmhyper evaluate --repo {out}")
+
+
+def _register_command_modules() -> None:
+    from . import cli_serving
+
+    cli_serving.register(cli)
+
+
+_register_command_modules()

@@ -153,5 +153,7 @@ def resolve_weights(store: "FeatureStore", schema: FeatureSchema, lr_cold: LRCol
         else:
             w[i], b[i] = lr_cold.weights, lr_cold.bias
             sources.append("lr_cold")
-            meta.append({"weights_version": f"lr_cold:{lr_cold.feature_hash}"})
+            digest = hashlib.sha256(np.asarray(lr_cold.weights, np.float64).tobytes()
+                                    + np.float64(lr_cold.bias).tobytes()).hexdigest()[:12]
+            meta.append({"weights_version": f"lr_cold:{digest}"})
     return ResolvedWeights(list(ad_ids), w, b, sources, meta)

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+from support.repos import clone_repo, copy_repo
 
 os.environ.setdefault("FEAST_USAGE", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_WORLD = dict(users=3000, retired=64, active=16, impressions_per_ad=1500, seed=11)
-
-
-def copy_repo(dest: Path) -> Path:
-    """Copy the project's feature repo definitions (not its data) to ``dest``."""
-    shutil.copytree(ROOT / "feature_repo", dest, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    return dest
 
 
 @pytest.fixture(scope="session")
@@ -40,16 +33,6 @@ def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def empty_repo(tmp_path: Path) -> Path:
     """A fresh copy of the feature repo definitions without data."""
     return copy_repo(tmp_path / "feature_repo")
-
-
-def clone_repo(src: Path, dest: Path) -> Path:
-    """Copy a built repo (data included) and re-apply it so its sources point at the copy."""
-    from llmhyper_feast import feast_adapter as fa
-
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / "data" / "registry.db").unlink()
-    fa.apply_repo(dest)
-    return dest
 
 
 @pytest.fixture

@@ -1,0 +1,24 @@
+"""Helpers to copy the project's feature repo into temporary folders for tests."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the project's feature repo definitions (not its data) to ``dest``."""
+    shutil.copytree(ROOT / "feature_repo", dest, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    return dest
+
+
+def clone_repo(src: Path, dest: Path) -> Path:
+    """Copy a built repo (data included) and re-apply it so its sources point at the copy."""
+    from llmhyper_feast import feast_adapter as fa
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "data" / "registry.db").unlink()
+    fa.apply_repo(dest)
+    return dest

@@ -156,6 +156,7 @@ generated_ad_weights = FeatureView(
         Field(name="input_hash", dtype=String, description="Hash of every generation input."),
         Field(name="samples", dtype=Int64, description="Valid LLM samples averaged."),
         Field(name="source", dtype=String, description="llm, knn, or fallback when the prior was used."),
+        Field(name="reason", dtype=String, description="Why a fallback was used (empty for clean LLM answers)."),
         Field(name="decision", dtype=String, description="Deployment gate decision (e.g. pass, blend:0.6, warn)."),
         Field(name="generated_at", dtype=UnixTimestamp, description="When the weights were generated."),
     ],

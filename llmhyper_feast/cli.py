@@ -275,6 +275,9 @@ def _print_generation(rows, log_dir: Path) -> None:
                f"completion tokens {int(rows['completion_tokens'].sum())}; log: {log_dir}")
     for r in rows[rows["source"] == "fallback"].head(5).itertuples():
         click.echo(f"  fallback {r.ad_id}: {r.fallback_reason[:200]}")
+    if rows.attrs.get("stopped"):
+        click.echo(f"warning: {rows.attrs['stopped']}\n  fix the backend and re-run: ads that hit backend errors are retried",
+                   err=True)
 
 
 @cli.command()
@@ -289,6 +292,9 @@ def materialize(repo: Path, force: bool, quiet: bool, **backend) -> None:
     report = pipeline.materialize(repo, _backend_settings(repo, **backend), force=force, progress=not quiet)
     click.echo(f"generated {report.generated} ads; wrote {report.written} rows to '{report.view}' "
                f"({', '.join(f'{k}={v}' for k, v in report.sources.items()) or 'nothing changed'})")
+    if report.stopped:
+        click.echo(f"warning: generation {report.stopped}; ads that hit backend errors were written with the prior "
+                   "and are retried by the next run", err=True)
 
 
 @cli.command()

@@ -24,7 +24,8 @@ from .answers import request_weights
 from .config import GenerationConfig
 from .errors import DataError
 from .features import Ad, FeatureSchema, Neighbour, WarmAd
-from .llm.base import ChatRequest, LLMBackend
+from .errors import BackendError
+from .llm.base import ChatRequest, LLMBackend, is_fatal
 from .llm.knn import knn_prior
 from .prompts import PROMPT_VERSION, build_messages, feature_batches, image_to_data_url, prompt_hash
 from .retrieval import WarmIndex
@@ -134,6 +135,8 @@ def _assemble(ad: Ad, neighbours: list[Neighbour], requests: list[ChatRequest], 
         "prompt_tokens": sum(o.prompt_tokens for o in outcomes), "completion_tokens": sum(o.completion_tokens for o in outcomes),
         "calls": sum(o.calls for o in outcomes), "latency_s": float(sum(o.latency_s for o in outcomes)),
         "retried": any(o.retried for o in outcomes), "samples": min(samples_used) if samples_used and not failures else 0,
+        # a backend failure (auth, network, timeout) is retried by the next run; invalid answers are not
+        "backend_error": any(isinstance(o.failed, BackendError) for o in outcomes),
         "image_note": note,
     }
     source = "fallback" if failures else "llm"
@@ -142,7 +145,11 @@ def _assemble(ad: Ad, neighbours: list[Neighbour], requests: list[ChatRequest], 
 
 def generate_rows(ads: Sequence[Ad], inputs: GenerationInputs, *, log_dir: str | Path | None = None,
                   exclude_self: bool = True, chunk_size: int = 8, progress: bool = True) -> pd.DataFrame:
-    """Generate weights for ``ads``; appends one log part per chunk to ``log_dir`` when given."""
+    """Generate weights for ``ads``; appends one log part per chunk to ``log_dir`` when given.
+
+    A fatal backend error (rejected key, unreachable server) stops the run after the chunk it
+    hit; the returned frame's ``attrs["stopped"]`` then holds the error text.
+    """
     from tqdm.auto import tqdm
 
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -156,7 +163,7 @@ def generate_rows(ads: Sequence[Ad], inputs: GenerationInputs, *, log_dir: str |
             for ad, nbs in zip(chunk, neighbours):
                 prior = prior_weights(nbs, len(inputs.schema))
                 usage = {"prompt_hash": "", "prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "latency_s": 0.0,
-                         "retried": False, "samples": 0, "image_note": ""}
+                         "retried": False, "samples": 0, "backend_error": False, "image_note": ""}
                 rows.append(_row(ad, nbs, inputs, run_id, prior, prior, np.zeros(len(prior)), [], "knn", "", usage))
         else:
             per_ad = [_requests_for(ad, nbs, inputs) for ad, nbs in zip(chunk, neighbours)]
@@ -164,6 +171,7 @@ def generate_rows(ads: Sequence[Ad], inputs: GenerationInputs, *, log_dir: str |
             t0 = time.perf_counter()
             outcomes = request_weights(inputs.backend, flat, concurrency=inputs.config.concurrency, progress=False)
             wall = time.perf_counter() - t0
+            fatal = next((o.failed for o in outcomes if o.failed is not None and is_fatal(o.failed)), None)
             pos = 0
             for ad, nbs, (reqs, note) in zip(chunk, neighbours, per_ad):
                 row = _assemble(ad, nbs, reqs, outcomes[pos:pos + len(reqs)], inputs, run_id, note)
@@ -174,8 +182,15 @@ def generate_rows(ads: Sequence[Ad], inputs: GenerationInputs, *, log_dir: str |
             append_log(log_dir, pd.DataFrame(rows), f"{run_id}-{start:06d}")
         all_rows.extend(rows)
         bar.update(len(chunk))
+        if inputs.backend.uses_prompts and fatal is not None:
+            stopped = f"stopped after {len(all_rows)} of {len(ads)} ads: {fatal}"
+            break
+    else:
+        stopped = ""
     bar.close()
-    return pd.DataFrame(all_rows)
+    frame = pd.DataFrame(all_rows)
+    frame.attrs["stopped"] = stopped
+    return frame
 
 
 def append_log(log_dir: str | Path, rows: pd.DataFrame, part: str) -> Path:

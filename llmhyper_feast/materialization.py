@@ -103,7 +103,7 @@ def generated_rows(log: pd.DataFrame, users: np.ndarray, schema: FeatureSchema, 
             "alpha": np.float32(cal["alpha"]), "delta": np.float32(cal["delta"]), "norm": np.float32(cal["norm"]),
             "llm_model": r["llm_model"], "prompt_hash": r["prompt_hash"], "prompt_version": r["prompt_version"],
             "feature_hash": r["feature_hash"], "input_hash": weights_version(r, calibration),
-            "samples": int(r["samples"]), "source": cal["source"], "decision": decision,
+            "samples": int(r["samples"]), "source": cal["source"], "reason": cal["reason"][:1000], "decision": decision,
             "generated_at": r["generated_at"],
             "event_timestamp": timestamp,
         })

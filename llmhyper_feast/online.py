@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 AD_META_FIELDS = ("bias", "alpha", "delta", "norm", "llm_model", "prompt_hash", "prompt_version", "feature_hash",
-                  "input_hash", "samples", "source", "decision", "generated_at")
+                  "input_hash", "samples", "source", "reason", "decision", "generated_at")
 
 
 @dataclass

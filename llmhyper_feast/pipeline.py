@@ -132,6 +132,8 @@ def generate(repo: str | Path, settings: Settings, *, ad_ids: list[str] | None =
     if not ad_ids:  # ads that warmed up are served by their trained model
         ads = [a for a in ads if a.ad_id not in inputs.warm]
     log = read_log(data_dir(repo) / LOG_DIR)
+    if len(log) and "backend_error" in log.columns:
+        log = log[~log["backend_error"].fillna(False).astype(bool)]
     done = set(zip(log["ad_id"], log["input_hash"])) if len(log) else set()
     bid = backend_id(inputs.backend)
     todo = [a for a in ads if force or (a.ad_id, input_hash(a, inputs.schema, bid, inputs.config)) not in done]
@@ -149,6 +151,7 @@ class MaterializeReport:
     written: int
     sources: dict[str, int]
     view: str
+    stopped: str = ""
 
 
 def materialize(repo: str | Path, settings: Settings, *, force: bool = False, progress: bool = True) -> MaterializeReport:
@@ -180,7 +183,8 @@ def materialize(repo: str | Path, settings: Settings, *, force: bool = False, pr
     rows = generated_rows(todo, users, schema, settings.calibration, load_lr_cold(repo), next_timestamp(store, view),
                           decision=decision, blend=blend)
     fa.write_view(store, view, rows)
-    return MaterializeReport(len(new), len(rows), rows["source"].value_counts().to_dict(), view)
+    return MaterializeReport(len(new), len(rows), rows["source"].value_counts().to_dict(), view,
+                             new.attrs.get("stopped", ""))
 
 
 def _backend_id(repo: str | Path, settings: Settings) -> str:

@@ -78,7 +78,7 @@ given, adding none and leaving none out.
 its sign must agree with what your text says about that feature."""
 
 _NO_EXAMPLES = (
-    "Examples: none. No similar ad with a trained model was found, so base the weights on the "
+    "Examples: none are given for this ad, so base the weights on the "
     "feature definitions and the new ad alone, and keep them close to zero where unsure."
 )
 

@@ -20,5 +20,12 @@ def clone_repo(src: Path, dest: Path) -> Path:
 
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "data" / "registry.db").unlink()
+    content = dest / "data" / "ad_content.parquet"
+    if content.exists():  # image paths are absolute: point them at the copy's own images
+        import pandas as pd
+
+        df = pd.read_parquet(content)
+        df["image_uri"] = df["image_uri"].str.replace(str(src.resolve()), str(dest.resolve()), regex=False)
+        df.to_parquet(content, index=False)
     fa.apply_repo(dest)
     return dest

@@ -1,0 +1,291 @@
+"""A small real HTTP server on 127.0.0.1 that speaks OpenAI's chat-completions wire format.
+
+Tests drive it through the real ``openai`` SDK. Each call follows a behaviour: the next
+one queued with :meth:`FakeOpenAI.script`, else :attr:`FakeOpenAI.default`. Good answers
+hold one deterministic number per key of the requested JSON schema (``response_format``),
+or per ``keys`` when no schema is sent, and honour ``n``.
+
+Behaviours: good, auth (401), rate_limit (429), server_error (500), hang, truncated,
+malformed, fenced, string_numbers, nan, extra_key, missing_key, duplicate_key,
+out_of_range, refusal, empty, reject_n (400 when n > 1, else good), reject_schema (400 while
+``response_format`` is sent, else good), reject_max_tokens (400 while ``max_tokens`` is sent,
+as newer OpenAI models do, else good).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import zlib
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+BEHAVIOURS = frozenset(
+    {
+        "good", "auth", "rate_limit", "server_error", "hang", "truncated", "malformed", "fenced",
+        "string_numbers", "nan", "extra_key", "missing_key", "duplicate_key", "out_of_range",
+        "refusal", "empty", "reject_n", "reject_schema", "reject_max_tokens",
+    }
+)
+
+
+def fake_weight(key: str, choice: int = 0) -> float:
+    """The deterministic number a good answer gives ``key`` in choice ``choice`` (in [-1, 1])."""
+    return round(((zlib.crc32(key.encode()) + 37 * choice) % 201 - 100) / 100, 2)
+
+
+class FakeOpenAI:
+    """Context manager running the fake server in a background thread; ``base_url`` ends in /v1."""
+
+    def __init__(
+        self,
+        *,
+        default: str = "good",
+        delay_ms: float = 0.0,
+        retry_after_ms: float = 1.0,
+        hang_s: float = 10.0,
+        keys: list[str] | None = None,
+    ) -> None:
+        # retry-after-ms must be > 0: the SDK ignores 0 and falls back to its 0.5 s+ backoff.
+        self.default = default
+        self.delay_ms = delay_ms
+        self.retry_after_ms = retry_after_ms
+        self.hang_s = hang_s
+        self.keys = keys
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.behaviours_used: list[str] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._queue: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- control -------------------------------------------------------------------------
+    def script(self, *behaviours: str) -> None:
+        """Queue behaviours for the next calls, in order; afterwards ``default`` applies."""
+        for b in behaviours:
+            _check(b)
+        with self._lock:
+            self._queue.extend(behaviours)
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start the server first (use it as a context manager)"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.headers.clear()
+            self.behaviours_used.clear()
+            self._queue.clear()
+            self.max_in_flight = 0
+
+    def __enter__(self) -> FakeOpenAI:
+        _check(self.default)
+        fake = self
+
+        class Handler(_Handler):
+            server_state = fake
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # --- called by the handler -----------------------------------------------------------
+    def _next(self, body: dict[str, Any], headers: dict[str, str]) -> str:
+        with self._lock:
+            self.requests.append(body)
+            self.headers.append(headers)
+            behaviour = self._queue.popleft() if self._queue else self.default
+            self.behaviours_used.append(behaviour)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return behaviour
+
+    def _done(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+
+def _check(behaviour: str) -> None:
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"Unknown fake behaviour {behaviour!r}; expected one of {sorted(BEHAVIOURS)}")
+
+
+def _schema_keys(body: dict[str, Any], fallback: list[str] | None) -> tuple[list[str] | None, bool]:
+    """(feature keys, reasoning?) from the request's response_format, else ``fallback``."""
+    fmt = body.get("response_format") or {}
+    schema = (fmt.get("json_schema") or {}).get("schema") if isinstance(fmt, dict) else None
+    if isinstance(schema, dict) and isinstance(schema.get("properties"), dict):
+        props = schema["properties"]
+        if "weights" in props and isinstance(props["weights"], dict):
+            return list(props["weights"].get("properties", {})), True
+        return list(props), False
+    return fallback, False
+
+
+def _answer(behaviour: str, keys: list[str], reasoning: bool, choice: int) -> tuple[str, str]:
+    """(content, finish_reason) of one choice."""
+    weights: dict[str, Any] = {k: fake_weight(k, choice) for k in keys}
+    if behaviour == "refusal":
+        return "I'm sorry, but I can't help with assigning these weights.", "stop"
+    if behaviour == "empty":
+        return "", "stop"
+    if behaviour == "string_numbers":
+        weights = {k: str(v) for k, v in weights.items()}
+    elif behaviour == "extra_key":
+        weights["bonus_feature"] = 0.5
+    elif behaviour == "missing_key":
+        weights.pop(keys[-1])
+    elif behaviour == "out_of_range":
+        weights[keys[0]] = 42.0
+    obj: dict[str, Any] = weights
+    if reasoning:
+        obj = {
+            "analysis": "The ad sells outdoor gear.",
+            "alignment": "Outdoor interests align.",
+            "key_factors": ", ".join(keys[:2]),
+            "summary": "Positive on outdoor features.",
+            "weights": weights,
+        }
+    text = json.dumps(obj)
+    if behaviour == "nan":
+        text = text.replace(json.dumps(weights[keys[0]]), "NaN", 1)
+    elif behaviour == "duplicate_key":
+        text = text[:-1] + f', "{keys[0]}": 0.9}}' if not reasoning else text
+    elif behaviour == "malformed":
+        text = text.replace(",", ";", 1)
+    elif behaviour == "fenced":
+        text = f"```json\n{text}\n```"
+    elif behaviour == "truncated":
+        return text[: max(1, len(text) // 2)], "length"
+    return text, "stop"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_state: FakeOpenAI
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet
+        pass
+
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, type_: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        self._send(status, {"error": {"message": message, "type": type_, "param": param, "code": None}}, headers)
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        fake = self.server_state
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._error(404, f"Unknown path {self.path}", "invalid_request_error")
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self._error(400, "Body is not JSON", "invalid_request_error")
+            return
+        behaviour = fake._next(body, {k.lower(): v for k, v in self.headers.items()})
+        try:
+            self._respond(fake, behaviour, body)
+        finally:
+            fake._done()
+
+    def _respond(self, fake: FakeOpenAI, behaviour: str, body: dict[str, Any]) -> None:
+        if fake.delay_ms:
+            time.sleep(fake.delay_ms / 1000)
+        retry = {"retry-after-ms": f"{fake.retry_after_ms:g}"}
+        n = int(body.get("n") or 1)
+        if behaviour == "auth":
+            self._error(401, "Incorrect API key provided: sk-fake.", "invalid_request_error", headers={"x-should-retry": "false"})
+            return
+        if behaviour == "rate_limit":
+            self._error(429, "Rate limit reached for requests per min.", "requests", headers=retry)
+            return
+        if behaviour == "server_error":
+            self._error(500, "The server had an error while processing your request.", "server_error", headers=retry)
+            return
+        if behaviour == "hang":
+            fake._stop.wait(fake.hang_s)
+            behaviour = "good"
+        if behaviour == "reject_n":
+            if n > 1:
+                self._error(400, "Unsupported value: 'n' must be 1 for this model.", "invalid_request_error", param="n")
+                return
+            behaviour = "good"
+        if behaviour == "reject_schema":
+            if "response_format" in body:
+                self._error(400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+                            "invalid_request_error", param="response_format")
+                return
+            behaviour = "good"
+        if behaviour == "reject_max_tokens":
+            if "max_tokens" in body:
+                self._error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                            "'max_completion_tokens' instead.", "invalid_request_error", param="max_tokens")
+                return
+            behaviour = "good"
+        keys, reasoning = _schema_keys(body, fake.keys)
+        if not keys:
+            self._error(400, "fake server: send response_format json_schema or set FakeOpenAI(keys=[...])", "invalid_request_error")
+            return
+        choices, completion_tokens = [], 0
+        for j in range(n):
+            content, finish = _answer(behaviour, keys, reasoning, j)
+            completion_tokens += len(content) // 4 + 1
+            choices.append(
+                {
+                    "index": j,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            )
+        prompt_tokens = len(json.dumps(body.get("messages", []))) // 4 + 1
+        self._send(
+            200,
+            {
+                "id": f"chatcmpl-fake-{fake.calls}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-model"),
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )

@@ -387,21 +387,11 @@ def coupon_build(csv_path: Path, out: Path, holdout: float, seed: int, quiet: bo
     click.echo(f"next: llmhyper train-warm --repo {out} && llmhyper evaluate --repo {out}")
 
 
-@cli.command()
-@repo_option
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Where to write the HTML file (default: <repo>/data/report.html).")
-def report(repo: Path, out: Path | None) -> None:
-    """Write a self-contained HTML report of the last `evaluate` (and `backtest`) run."""
-    from .report import write_report
-
-    click.echo(f"report: {write_report(repo, out)}")
-
-
 def _register_command_modules() -> None:
-    from . import cli_serving
+    from . import cli_report, cli_serving
 
     cli_serving.register(cli)
+    cli_report.register(cli)
 
 
 _register_command_modules()

@@ -20,11 +20,13 @@ import pandas as pd
 
 from .errors import DataError
 
-EVAL_FILE, BACKTEST_FILE, TRUTH_FILE, REPORT_FILE = "evaluation.json", "backtest.json", "demo_truth.parquet", "report.html"
+EVAL_FILE, BACKTEST_FILE, REPORT_FILE = "evaluation.json", "backtest.json", "report.html"
+TRUTH_FILE = "demo_truth.parquet"
 BASELINE = "lr_cold"
 METRICS = [("auc", "AUC"), ("gauc", "GAUC"), ("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10"), ("ece", "ECE"),
            ("hr@5", "HR@5"), ("coverage@5", "Coverage@5"), ("mean_pred", "mean pred."), ("latency_us", "latency µs")]
-DIFFS = [("d_ndcg@10_vs_lr_cold", "Δ NDCG@10 vs LR_cold [95% CI]"), ("d_gauc_vs_lr_cold", "Δ GAUC vs LR_cold [95% CI]")]
+DIFFS = [("d_ndcg@10_vs_lr_cold", "Δ NDCG@10 vs LR_cold [95% CI]"),
+         ("d_gauc_vs_lr_cold", "Δ GAUC vs LR_cold [95% CI]")]
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.sig{font-weight:bold;color:#1a6b1a}
@@ -39,6 +41,8 @@ def _e(value: Any) -> str:
 def _num(value: Any, digits: int = 4) -> str:
     if value is None or isinstance(value, (list, dict, str)) or not math.isfinite(float(value)):
         return "–" if not isinstance(value, str) else _e(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
     return f"{float(value):.1f}" if abs(float(value)) >= 100 else f"{float(value):.{digits}f}"
 
 
@@ -80,7 +84,8 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _facts(ev: dict[str, Any], generated: str) -> str:
-    facts = [("LLM backend / model", ev.get("llm_model", "?")), ("feature definitions hash", ev.get("feature_hash", "?")),
+    facts = [("LLM backend / model", ev.get("llm_model", "?")),
+             ("feature definitions hash", ev.get("feature_hash", "?")),
              ("active (cold) ads", ev.get("n_active_ads", "?")), ("user features", len(ev.get("feature_names", []))),
              ("test impressions", ev.get("n_test_impressions", "?")),
              ("observed test CTR", _num(ev["rows"][0].get("observed_ctr"))), ("report generated", generated)]
@@ -113,7 +118,7 @@ def _metrics_plot(rows: list[dict[str, Any]]) -> str:
     base = next((r for r in rows if r["model"] == BASELINE), None)
     for ax, (key, label) in zip(fig.subplots(1, 2), [("ndcg@10", "NDCG@10"), ("gauc", "GAUC")]):
         values = np.array([float(r.get(key, np.nan)) for r in rows])
-        x = np.arange(len(rows))
+        x, top = np.arange(len(rows)), float(np.nanmax(np.r_[values, 1e-9]))
         ax.bar(x, values, color=["#999" if n == BASELINE else "#4878a8" for n in names])
         if base is not None:
             ref = float(base[key])
@@ -123,10 +128,11 @@ def _metrics_plot(rows: list[dict[str, Any]]) -> str:
                 if isinstance(ci, list) and len(ci) == 3:
                     d, lo, hi = (float(v) for v in ci)
                     ax.errorbar(i, ref + d, yerr=[[d - lo], [hi - d]], fmt="o", color="#c44", ms=4, capsize=4)
+                    top = max(top, ref + hi)
             ax.legend(loc="lower right", fontsize=8)
         ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
         ax.set_title(label)
-        ax.set_ylim(0, 1.05 * max(1e-9, np.nanmax(values)))
+        ax.set_ylim(0, 1.05 * top)
     return _img(fig, "NDCG@10 and GAUC per model",
                 "Bars: metric per model. Red: LR_cold + the paired-bootstrap 95% CI of the per-user difference "
                 "(GAUC differences are over per-user AUCs); a CI clear of the dashed line is a significant change.")
@@ -182,7 +188,8 @@ def _heatmap(ev: dict[str, Any], truth: pd.DataFrame | None) -> str:
         ax.set_yticks(range(len(ads)), ads if len(ads) <= 80 else [""] * len(ads), fontsize=6)
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax, shrink=0.8)
-    note = "" if len(panels) == 1 else f" Mean per-ad cosine between the panels: {_num(_row_cosine(*(p[1] for p in panels)), 3)}."
+    note = "" if len(panels) == 1 else \
+        f" Mean per-ad cosine between the panels: {_num(_row_cosine(panels[0][1], panels[1][1]), 3)}."
     return _img(fig, f"weights of {model}", f"Per-ad weights (rows: ads, columns: user features) of {model}"
                 f"{' next to ' + panels[1][0] if len(panels) > 1 else ''}; each panel has its own symmetric colour "
                 f"scale.{note}")
@@ -214,7 +221,8 @@ def _backtest(bt: dict[str, Any], feature_hash: str | None) -> str:
         lam, cos = zip(*blend)
         bx.plot(lam, cos, "o-", color="#4878a8")
         if "best_lambda" in bt:
-            bx.axvline(float(bt["best_lambda"]), color="#c44", ls="--", lw=1, label=f"best λ = {float(bt['best_lambda']):.2f}")
+            best = float(bt["best_lambda"])
+            bx.axvline(best, color="#c44", ls="--", lw=1, label=f"best λ = {best:.2f}")
             bx.legend(fontsize=8)
         bx.set(xlabel="λ (LLM share; 1-λ is the kNN prior)", ylabel="mean cosine with trained weights",
                title="blend of LLM and kNN-prior weights")

@@ -56,7 +56,9 @@ def make_schema() -> FeatureSchema:
     return FeatureSchema(tuple(feats))
 
 
-def make_requests(count: int, schema: FeatureSchema, batch: list[FeatureDefinition], seed: int = 0) -> list[ChatRequest]:
+def make_requests(
+    count: int, schema: FeatureSchema, batch: list[FeatureDefinition], seed: int = 0, shots: int = 5
+) -> list[ChatRequest]:
     rng = np.random.default_rng(seed)
     requests = []
     for i in range(count):
@@ -64,7 +66,7 @@ def make_requests(count: int, schema: FeatureSchema, batch: list[FeatureDefiniti
         neighbours = [
             Neighbour(WarmAd(Ad(f"warm-{i}-{k}", PRODUCTS[(i + k + 1) % len(PRODUCTS)], "A lifestyle photo."),
                              weights=rng.normal(0, 0.5, len(schema))), similarity=0.9 - 0.1 * k)
-            for k in range(5)
+            for k in range(shots)
         ]
         messages = build_messages(ad, batch, schema, neighbours)
         requests.append(ChatRequest(messages=tuple(messages), feature_names=tuple(f.name for f in batch),
@@ -96,11 +98,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4,8")
     parser.add_argument("--ads", type=int, default=25, help="ads in the estimated demo run")
     parser.add_argument("--feature-batches", type=int, default=2)
+    parser.add_argument("--shots", type=int, default=5, help="few-shot examples per prompt")
+    parser.add_argument("--features-per-call", type=int, default=10)
     args = parser.parse_args()
     import torch
 
     schema = make_schema()
-    batch = list(schema.features[:10])
+    batch = list(schema.features[: args.features_per_call])
     print(f"torch threads: {torch.get_num_threads()}, cpu count: {os.cpu_count()}")
 
     backend = get_backend("local", {"batch_size": 1})
@@ -108,17 +112,18 @@ def main() -> None:
     _, tokenizer, _ = local_module._load(backend.path)
     load_s = time.perf_counter() - start
     prompt_tokens = len(tokenizer.apply_chat_template(
-        local_module.flatten_messages(make_requests(1, schema, batch)[0].messages), tokenize=False,
-        add_generation_prompt=True))
-    print(f"model: {backend.model_id}  load: {load_s:.1f} s  prompt: ~{prompt_tokens} chars")
+        local_module.flatten_messages(make_requests(1, schema, batch, shots=args.shots)[0].messages), tokenize=True,
+        add_generation_prompt=True, return_dict=True)["input_ids"])
+    print(f"model: {backend.model_id}  load: {load_s:.1f} s  prompt: {prompt_tokens} tokens "
+          f"({args.shots} shots, {len(schema)} features, {len(batch)} per call)")
 
-    first, valid = run(backend, make_requests(1, schema, batch, seed=100))
+    first, valid = run(backend, make_requests(1, schema, batch, seed=100, shots=args.shots))
     print(f"first call (builds the constraint index): {first:.1f} s, valid answers {valid}/1")
 
     per_request: dict[int, float] = {}
     for size in [int(s) for s in args.batch_sizes.split(",")]:
         backend = get_backend("local", {"batch_size": size})
-        requests = make_requests(args.requests, schema, batch, seed=size)
+        requests = make_requests(args.requests, schema, batch, seed=size, shots=args.shots)
         elapsed, valid = run(backend, requests)
         per_request[size] = elapsed / len(requests)
         ratio = per_request[min(per_request)] / per_request[size]

@@ -43,16 +43,19 @@ def serve(conn, delay_ms: float) -> None:
                 return
 
 
-def measure(conn, base_url: str, requests: list[ChatRequest], concurrency: int) -> tuple[float, int, tuple[int, int]]:
+def measure(
+    conn, base_url: str, requests: list[ChatRequest], concurrency: int
+) -> tuple[float, float, int, tuple[int, int]]:
+    """(wall seconds, client CPU seconds, valid outcomes, (max in flight, HTTP calls))."""
     conn.send("reset")
     conn.recv()
     backend = get_backend("openai", {"base_url": base_url, "api_key": "sk-bench", "model": "fake-model"})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     outcomes = request_weights(backend, requests, concurrency=concurrency, progress=False)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     valid = sum(1 for o in outcomes if o.failed is None)
     conn.send("in_flight")
-    return elapsed, valid, conn.recv()
+    return elapsed, cpu, valid, conn.recv()
 
 
 def main() -> None:
@@ -73,10 +76,11 @@ def main() -> None:
         measure(parent, base_url, requests[:2], 2)  # warm-up: SDK import, client set-up
         rows = {}
         for concurrency in (1, args.concurrency):
-            elapsed, valid, (in_flight, calls) = measure(parent, base_url, requests, concurrency)
+            elapsed, cpu, valid, (in_flight, calls) = measure(parent, base_url, requests, concurrency)
             rows[concurrency] = len(requests) / elapsed
             print(f"concurrency={concurrency:>3}: {elapsed:6.2f} s for {len(requests)} requests ({calls} HTTP calls) = "
-                  f"{rows[concurrency]:6.1f} req/s, valid {valid}/{len(requests)}, max in flight {in_flight}")
+                  f"{rows[concurrency]:6.1f} req/s, client CPU {1000 * cpu / len(requests):.1f} ms/request, "
+                  f"valid {valid}/{len(requests)}, max in flight {in_flight}")
     finally:
         parent.send("stop")
         process.join(timeout=10)

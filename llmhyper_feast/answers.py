@@ -34,7 +34,7 @@ __all__ = [
 REASONING_FIELDS: tuple[str, ...] = ("analysis", "alignment", "key_factors", "summary")
 
 # The only tolerated wrapping: one Markdown code fence around the whole answer.
-_FENCE = re.compile(r"\A```(?:json|JSON)?[ \t]*\r?\n(?P<body>.*?)\r?\n?```\Z", re.DOTALL)
+_FENCE = re.compile(r"\A```(?:json|JSON)?\s*(?P<body>.*?)\s*```\Z", re.DOTALL)
 _SNIPPET = 80
 
 

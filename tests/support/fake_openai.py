@@ -98,8 +98,7 @@ class FakeOpenAI:
         class Handler(_Handler):
             server_state = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
         )
@@ -185,8 +184,18 @@ def _answer(behaviour: str, keys: list[str], reasoning: bool, choice: int) -> tu
     return text, "stop"
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog of 5 drops SYNs when many clients connect at once, and
+    # each dropped SYN costs the client a 1 s retransmit.
+    request_queue_size = 128
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm and
+    # the client's delayed ACK add ~40 ms to every response.
+    disable_nagle_algorithm = True
     server_state: FakeOpenAI
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep test output quiet

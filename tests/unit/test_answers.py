@@ -63,7 +63,7 @@ def test_parse_returns_floats_in_feature_order():
     assert all(type(v) is float for v in parsed.values())
 
 
-@pytest.mark.parametrize("wrap", ["```json\n{}\n```", "```\n{}\n```", "  ```json\n{}```  ", "\n{}\n"])
+@pytest.mark.parametrize("wrap", ["```json\n{}\n```", "```\n{}\n```", "  ```json\n{}```  ", "```json {} ```", "\n{}\n"])
 def test_parse_strips_one_code_fence(wrap):
     assert parse_answer(wrap.replace("{}", good()), NAMES)["sports"] == -0.5
 

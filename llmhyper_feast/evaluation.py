@@ -210,9 +210,10 @@ def true_top_features(data: EvalData, reference: ModelResult | None, k: int = 5)
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A readable fixed-width table of the main metrics."""
     cols = ["model", "auc", "gauc", "ndcg@5", "ndcg@10", "ece", "hr@5", "coverage@5", "latency_us"]
-    lines = ["  ".join(f"{c:>12}" for c in cols) + "   d_ndcg@10 vs lr_cold [95% CI]"]
+    width = max(12, *(len(r["model"]) for r in rows))
+    lines = ["  ".join([f"{cols[0]:<{width}}"] + [f"{c:>12}" for c in cols[1:]]) + "   d_ndcg@10 vs lr_cold [95% CI]"]
     for r in rows:
-        cells = [f"{r['model']:>12}"] + [f"{r.get(c, float('nan')):>12.4f}" if c != "latency_us"
+        cells = [f"{r['model']:<{width}}"] + [f"{r.get(c, float('nan')):>12.4f}" if c != "latency_us"
                                          else f"{r.get(c, float('nan')):>12.1f}" for c in cols[1:]]
         ci = r.get("d_ndcg@10_vs_lr_cold")
         lines.append("  ".join(cells) + (f"   {ci[0]:+.4f} [{ci[1]:+.4f}, {ci[2]:+.4f}]" if ci else ""))

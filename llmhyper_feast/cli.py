@@ -168,13 +168,15 @@ def _print_warm(report) -> None:
 @click.option("--impressions", type=click.Path(path_type=Path), default=None,
               help="Impressions parquet (user_id, ad_id, clicked). Default: <repo>/data/impressions.parquet.")
 @click.option("--ads", multiple=True, help="Train only these ad ids (e.g. cold ads that warmed up).")
+@click.option("--handoff", is_flag=True,
+              help="Also train every cold ad with >= warm.min_impressions impressions (it is then served warm).")
 @quiet_option
-def train_warm(repo: Path, impressions: Path | None, ads: tuple[str, ...], quiet: bool) -> None:
+def train_warm(repo: Path, impressions: Path | None, ads: tuple[str, ...], handoff: bool, quiet: bool) -> None:
     """Fit one L2 logistic regression per warm ad and store it in the warm weights view."""
     from . import pipeline
 
     _print_warm(pipeline.train_warm(repo, _settings(repo), impressions_path=impressions,
-                                    ad_ids=list(ads) or None, progress=not quiet))
+                                    ad_ids=list(ads) or None, handoff=handoff, progress=not quiet))
 
 
 def main(argv: list[str] | None = None) -> None:

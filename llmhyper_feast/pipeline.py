@@ -46,8 +46,11 @@ class WarmReport:
 
 
 def train_warm(repo: str | Path, settings: Settings, *, impressions_path: str | Path | None = None,
-               ad_ids: list[str] | None = None, progress: bool = True) -> WarmReport:
-    """Train warm models for retired ads (or ``ad_ids``), write them to Feast, refresh LR_cold."""
+               ad_ids: list[str] | None = None, handoff: bool = False, progress: bool = True) -> WarmReport:
+    """Train warm models for retired ads (or ``ad_ids``), write them to Feast, refresh LR_cold.
+
+    ``handoff`` also trains every cold ad with at least ``warm.min_impressions`` impressions.
+    """
     store = fa.open_store(repo)
     schema = fa.read_feature_schema(store)
     path = Path(impressions_path) if impressions_path else data_dir(repo) / IMPRESSIONS_FILE
@@ -57,6 +60,11 @@ def train_warm(repo: str | Path, settings: Settings, *, impressions_path: str | 
     if ad_ids is None:
         _, ads_df = fa.read_ads(store, status="retired")
         ad_ids = ads_df["ad_id"].tolist()
+    if handoff:  # cold ads that gathered enough impressions are trained and served warm from now on
+        _, all_ads = fa.read_ads(store)
+        cold_ids = set(all_ads.loc[all_ads["status"] != "retired", "ad_id"])
+        counts = impressions[impressions["ad_id"].isin(cold_ids)].groupby("ad_id").size()
+        ad_ids = list(dict.fromkeys([*ad_ids, *counts[counts >= settings.warm.min_impressions].index]))
     user_ids, users = fa.read_user_matrix(store, schema)
     result = train_warm_models(impressions, user_ids, users, schema, ad_ids, settings.warm, progress=progress)
     warm_view = fa.view_for_role(store, fa.WARM_ROLE).name
@@ -268,14 +276,22 @@ def evaluate(repo: str | Path, settings: Settings, *, ablations: list[str] = (),
         res.extra.update(llm_calls=int(rows["calls"].sum()), prompt_tokens=int(rows["prompt_tokens"].sum()))
         results.append(res)
 
+    for name in ablations:
+        if name not in ABLATIONS:
+            raise DataError(f"Unknown ablation '{name}'. Choose from: {', '.join(ABLATIONS)}.")
+        if not inputs.backend.uses_prompts and name != "scale":
+            raise DataError(f"The '{name}' ablation needs an LLM backend (--llm local/openai); "
+                            f"the '{inputs.backend.name}' backend writes no prompts. Only 'scale' applies to it.")
     if inputs.backend.uses_prompts:
         llm_row(f"llm_hyper[{inputs.backend.name}]", settings)
-        for name in ablations:
-            if name not in ABLATIONS:
-                raise DataError(f"Unknown ablation '{name}'. Choose from: {', '.join(ABLATIONS)}.")
-            key, values = ABLATIONS[name]
-            for value in values:
-                llm_row(f"llm[{name}={value}]", settings.with_overrides(**{key: value}))
+    for name in ablations:
+        key, values = ABLATIONS[name]
+        for value in values:
+            varied = settings.with_overrides(**{key: value})
+            if inputs.backend.uses_prompts:
+                llm_row(f"llm[{name}={value}]", varied)
+            else:
+                results.append(ev.calibrated_result(f"knn_prior[{name}={value}]", data, knn_rows, varied, cold, users))
     oracle = ev.oracle_result(data)
     if oracle is not None:
         results.append(oracle)

@@ -46,7 +46,7 @@ class GenerationConfig(BaseModel):
 
 class CalibrationConfig(BaseModel):
     model_config = _STRICT
-    scale: Literal["unit", "neighbours"] = "unit"
+    scale: Literal["unit", "neighbours"] = "neighbours"
     alpha_weighting: Literal["similarity", "mean"] = "similarity"
     user_sample: int = Field(20000, ge=1)
 

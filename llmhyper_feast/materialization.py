@@ -47,8 +47,10 @@ def calibrate_row(row: Any, users: np.ndarray, calibration: CalibrationConfig, l
         if len(norms) == 0:
             kwargs["scale"] = "unit"
         else:
-            # normalise() wants neighbour weight vectors; vectors with the right norms are enough
-            kwargs["neighbour_weights"] = np.diag(norms)
+            # normalise() wants neighbour weight vectors [k, n]; only their norms matter
+            vectors = np.zeros((len(norms), len(row["weights"])))
+            vectors[:, 0] = norms
+            kwargs["neighbour_weights"] = vectors
             kwargs["similarities"] = np.asarray(row["similarities"], float)
     source, reasons = row["source"], [row["fallback_reason"]] if row["fallback_reason"] else []
     try:

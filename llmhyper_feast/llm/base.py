@@ -158,7 +158,10 @@ class LLMBackend(ABC):
         async def one(request: ChatRequest) -> ChatResult | BaseException:
             async with semaphore:
                 try:
-                    return await self.acomplete(request)
+                    result = await self.acomplete(request)
+                    if self.cache is not None:  # cache at once: a killed run keeps every finished answer
+                        self._to_cache(self.cache_key(request), result)
+                    return result
                 except BackendError as exc:
                     return exc
                 except Exception as exc:  # noqa: BLE001 - one bad request must not lose the others
@@ -210,7 +213,7 @@ class LLMBackend(ABC):
                     self.stats.calls += result.calls
                     self.stats.prompt_tokens += result.prompt_tokens
                     self.stats.completion_tokens += result.completion_tokens
-                    if keys[i] is not None:
+                    if keys[i] is not None and str(keys[i]) not in self.cache:  # backends overriding _arun
                         self._to_cache(str(keys[i]), result)
                 else:
                     self.stats.failures += 1

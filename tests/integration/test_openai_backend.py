@@ -260,6 +260,26 @@ def test_cached_rerun_makes_zero_http_calls(server, tmp_path):
     assert backend.stats.cache_hits == 4 and backend.stats.calls == 0
 
 
+def test_each_answer_is_cached_as_soon_as_it_arrives(server, tmp_path):
+    """A run killed while one request hangs keeps the answers that already came back."""
+    import threading
+    import time
+
+    server.hang_s = 3
+    server.script("good", "hang")
+    cache = AnswerCache(tmp_path)
+    backend = get_backend("openai", {"base_url": server.base_url, "api_key": "sk", "model": "fake-model",
+                                     "timeout_s": 2, "max_retries": 0}, cache=cache)
+    worker = threading.Thread(target=backend.complete_many, args=([req(0), req(1)],),
+                              kwargs={"concurrency": 1, "progress": False})
+    worker.start()
+    deadline = time.monotonic() + 2
+    while len(cache) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(cache) == 1 and worker.is_alive()  # the first answer is on disk while the second still hangs
+    worker.join()
+
+
 def test_concurrency_is_bounded(server):
     server.delay_ms = 100
     backend = backend_for(server)

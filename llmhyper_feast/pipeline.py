@@ -182,7 +182,8 @@ def materialize(repo: str | Path, settings: Settings, *, force: bool = False, pr
     log = log[~log["ad_id"].isin(warm_ids)]
     stored = fa.read_latest(store, view)
     stored_version = dict(zip(stored["ad_id"], stored["input_hash"])) if len(stored) else {}
-    todo = log[[force and r.ad_id in set(new.get("ad_id", [])) or
+    regenerated = set(new["ad_id"]) if force and len(new) else set()
+    todo = log[[r.ad_id in regenerated or
                 stored_version.get(r.ad_id) != weights_version(r._asdict(), settings.calibration)
                 for r in log.itertuples(index=False)]]
     if todo.empty:

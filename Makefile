@@ -5,7 +5,7 @@ export FEAST_USAGE := False
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-all system-deps clean
+.PHONY: demo test test-all lint system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	python3.11 -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
+
+# ruff (lint + format check) and mypy, as configured in pyproject.toml; .ci/run runs it before the tests
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest

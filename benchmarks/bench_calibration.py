@@ -30,8 +30,8 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import expit, logit
 
-import llmhyper_feast.calibration as cal
-from llmhyper_feast.calibration import _sigmoid_inplace, solve_delta, solve_deltas
+import llmhyper_feast.calibration.solve as cal
+from llmhyper_feast.calibration.solve import _sigmoid_inplace, solve_delta, solve_deltas
 
 TOL = 1e-9
 
@@ -123,8 +123,10 @@ def bench_single(rng: np.random.Generator, n_users: int, n_ads: int) -> None:
                 evals += calls or count_our_evals(z, float(a))
                 worst = max(worst, err(z, d, float(a)))
             t_ours = total if t_ours is None else t_ours
-            print(f"  {n_features:>6}  {name:<32} {1e3 * total / n_ads:7.2f} {total / t_ours:7.2f} "
-                  f"{evals / n_ads:6.1f} {worst:17.2e}")
+            print(
+                f"  {n_features:>6}  {name:<32} {1e3 * total / n_ads:7.2f} {total / t_ours:7.2f} "
+                f"{evals / n_ads:6.1f} {worst:17.2e}"
+            )
 
 
 def bench_batch(rng: np.random.Generator, n_users: int, n_ads: int) -> None:
@@ -137,9 +139,11 @@ def bench_batch(rng: np.random.Generator, n_users: int, n_ads: int) -> None:
         t_loop, d_loop = timed(loop, 2)
         t_vec, d_vec = timed(lambda: solve_deltas(z_all, alphas), 2)
         e_vec = max(err(z_all[:, j], d_vec[j], alphas[j]) for j in range(na))  # type: ignore[index]
-        print(f"  {nu:>7} users x {na:>5} ads: loop {1e3 * t_loop:8.1f} ms, solve_deltas "
-              f"{1e3 * t_vec:8.1f} ms, speed-up {t_loop / t_vec:5.2f}x; max |d_vec - d_loop| "
-              f"{np.max(np.abs(d_vec - d_loop)):.1e}, max |mean - alpha| {e_vec:.1e}")  # type: ignore[operator]
+        print(
+            f"  {nu:>7} users x {na:>5} ads: loop {1e3 * t_loop:8.1f} ms, solve_deltas "
+            f"{1e3 * t_vec:8.1f} ms, speed-up {t_loop / t_vec:5.2f}x; max |d_vec - d_loop| "
+            f"{np.max(np.abs(d_vec - d_loop)):.1e}, max |mean - alpha| {e_vec:.1e}"
+        )  # type: ignore[operator]
 
 
 def main() -> None:

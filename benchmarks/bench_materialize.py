@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +28,39 @@ def main() -> None:
     parser.add_argument("--ads", type=int, default=10_000)
     args = parser.parse_args()
 
-    from llmhyper_feast import feast_adapter as fa
-    from llmhyper_feast import pipeline
-    from llmhyper_feast.demo_world import WorldSize
+    from llmhyper_feast import jobs
+    from llmhyper_feast.datasets.demo_world import WorldSize
+    from llmhyper_feast.store import feast_adapter as fa
 
     tmp = Path(tempfile.mkdtemp())
     repo = tmp / "feature_repo"
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    pipeline.make_demo_data(repo, WorldSize(users=500, retired=4, active=2, impressions_per_ad=100), progress=False)
+    jobs.make_demo_data(repo, WorldSize(users=500, retired=4, active=2, impressions_per_ad=100), progress=False)
     store = fa.open_store(repo)
     n = len(fa.read_feature_schema(store))
     rng = np.random.default_rng(0)
-    now = datetime.now(timezone.utc)
-    rows = pd.DataFrame({
-        "ad_id": [f"bench{i:06d}" for i in range(args.ads)],
-        "weights": list(rng.normal(size=(args.ads, n)).astype(np.float32)),
-        "bias": rng.normal(-4, 0.5, args.ads).astype(np.float32), "alpha": np.float32(0.02),
-        "delta": np.float32(-4.0), "norm": np.float32(1.0), "llm_model": "bench:none", "prompt_hash": "0" * 16,
-        "prompt_version": "v1", "feature_hash": "0" * 16, "input_hash": "0" * 16, "samples": 1,
-        "source": "llm", "reason": "", "decision": "no gate", "generated_at": now, "event_timestamp": now,
-    })
+    now = datetime.now(UTC)
+    rows = pd.DataFrame(
+        {
+            "ad_id": [f"bench{i:06d}" for i in range(args.ads)],
+            "weights": list(rng.normal(size=(args.ads, n)).astype(np.float32)),
+            "bias": rng.normal(-4, 0.5, args.ads).astype(np.float32),
+            "alpha": np.float32(0.02),
+            "delta": np.float32(-4.0),
+            "norm": np.float32(1.0),
+            "llm_model": "bench:none",
+            "prompt_hash": "0" * 16,
+            "prompt_version": "v1",
+            "feature_hash": "0" * 16,
+            "input_hash": "0" * 16,
+            "samples": 1,
+            "source": "llm",
+            "reason": "",
+            "decision": "no gate",
+            "generated_at": now,
+            "event_timestamp": now,
+        }
+    )
     t0 = time.perf_counter()
     rows.to_parquet(tmp / "reference.parquet", index=False)
     ref = time.perf_counter() - t0
@@ -60,7 +73,9 @@ def main() -> None:
     total = offline + online
     print(f"{args.ads} ads x {n} features")
     print(f"reference pandas.to_parquet: {ref:8.3f} s  ({args.ads / ref:10.0f} rows/s)")
-    print(f"Feast offline append:        {offline:8.3f} s  ({args.ads / offline:10.0f} rows/s, {offline / ref:5.1f}x ref)")
+    print(
+        f"Feast offline append:        {offline:8.3f} s  ({args.ads / offline:10.0f} rows/s, {offline / ref:5.1f}x ref)"
+    )
     print(f"Feast online (SQLite) write: {online:8.3f} s  ({args.ads / online:10.0f} rows/s, {online / ref:5.1f}x ref)")
     print(f"materialize total:           {total:8.3f} s  ({args.ads / total:10.0f} rows/s)")
     shutil.rmtree(tmp)

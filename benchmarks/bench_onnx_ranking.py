@@ -145,10 +145,7 @@ def bench_batch(n: int, args: argparse.Namespace) -> list[tuple[str, float]]:
         return all_ads.run(["ctr"], {"user_features": users})
 
     def onnx_chunks(_: int) -> list:
-        return [
-            all_ads.run(["ctr"], {"user_features": users[s : s + 256]})
-            for s in range(0, len(users), 256)
-        ]
+        return [all_ads.run(["ctr"], {"user_features": users[s : s + 256]}) for s in range(0, len(users), 256)]
 
     out = []
     for label, fn in (
@@ -178,9 +175,7 @@ def main() -> None:
     try:
         from threadpoolctl import threadpool_info
 
-        blas = ", ".join(
-            f"{i['internal_api']} {i.get('architecture', '')}" for i in threadpool_info()
-        )
+        blas = ", ".join(f"{i['internal_api']} {i.get('architecture', '')}" for i in threadpool_info())
     except ImportError:
         pass
     print(
@@ -191,9 +186,7 @@ def main() -> None:
         rows = bench_latency(n, args)
         base = float(np.median(rows[0][1]))
         print(f"\n1 user x {args.ads} ads, n={n} features")
-        print(
-            f"  {'variant':34s} {'median us':>10s} {'p99 us':>10s} {'x numpy':>8s} {'x paper':>8s}"
-        )
+        print(f"  {'variant':34s} {'median us':>10s} {'p99 us':>10s} {'x numpy':>8s} {'x paper':>8s}")
         for label, us in rows:
             med, p99 = float(np.median(us)), float(np.percentile(us, 99))
             print(f"  {label:34s} {med:10.1f} {p99:10.1f} {med / base:8.2f} {med / PAPER_US:8.3f}")

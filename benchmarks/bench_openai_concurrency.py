@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support.fake_openai import FakeOpenAI  # noqa: E402
 
-from llmhyper_feast.answers import request_weights  # noqa: E402
-from llmhyper_feast.llm import get_backend  # noqa: E402
-from llmhyper_feast.llm.base import ChatRequest  # noqa: E402
+from llmhyper_feast.backends.llm import get_backend  # noqa: E402
+from llmhyper_feast.backends.llm.base import ChatRequest  # noqa: E402
+from llmhyper_feast.generation.answers import request_weights  # noqa: E402
 
 FEATURES = tuple(f"feature_{i}" for i in range(10))
 
@@ -78,9 +78,11 @@ def main() -> None:
         for concurrency in (1, args.concurrency):
             elapsed, cpu, valid, (in_flight, calls) = measure(parent, base_url, requests, concurrency)
             rows[concurrency] = len(requests) / elapsed
-            print(f"concurrency={concurrency:>3}: {elapsed:6.2f} s for {len(requests)} requests ({calls} HTTP calls) = "
-                  f"{rows[concurrency]:6.1f} req/s, client CPU {1000 * cpu / len(requests):.1f} ms/request, "
-                  f"valid {valid}/{len(requests)}, max in flight {in_flight}")
+            print(
+                f"concurrency={concurrency:>3}: {elapsed:6.2f} s for {len(requests)} requests ({calls} HTTP calls) = "
+                f"{rows[concurrency]:6.1f} req/s, client CPU {1000 * cpu / len(requests):.1f} ms/request, "
+                f"valid {valid}/{len(requests)}, max in flight {in_flight}"
+            )
     finally:
         parent.send("stop")
         process.join(timeout=10)

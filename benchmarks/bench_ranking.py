@@ -31,18 +31,19 @@ TARGET_P99_MS = 5.0
 
 
 def build_world(dest: Path, users: int, retired: int, active: int, seed: int) -> Path:
-    from llmhyper_feast import pipeline
+    from llmhyper_feast import jobs
     from llmhyper_feast.config import load_settings
-    from llmhyper_feast.demo_world import WorldSize
+    from llmhyper_feast.datasets.demo_world import WorldSize
 
     repo = dest / "feature_repo"
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     t = time.perf_counter()
-    pipeline.make_demo_data(repo, WorldSize(users=users, retired=retired, active=active, impressions_per_ad=1500,
-                                            seed=seed), progress=False)
-    pipeline.train_warm(repo, load_settings(repo), progress=False)
-    knn = load_settings(repo).with_overrides(llm={"name": "knn", "options": {}})
-    pipeline.materialize(repo, knn, progress=False)
+    jobs.make_demo_data(
+        repo, WorldSize(users=users, retired=retired, active=active, impressions_per_ad=1500, seed=seed), progress=False
+    )
+    jobs.train_warm(repo, load_settings(repo), progress=False)
+    knn = load_settings(repo).with_overrides(**{"llm.name": "none"})
+    jobs.materialize(repo, knn, progress=False)
     print(f"built demo world ({users} users, {retired} warm + {active} cold ads) in {time.perf_counter() - t:.0f} s")
     return repo
 
@@ -80,9 +81,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from llmhyper_feast import feast_adapter as fa
-    from llmhyper_feast.export import export_repo
-    from llmhyper_feast.ranking import Ranker
+    from llmhyper_feast.serving.export import export_repo
+    from llmhyper_feast.serving.ranker import Ranker
+    from llmhyper_feast.store import feast_adapter as fa
 
     with tempfile.TemporaryDirectory(prefix="bench_ranking_") as tmp:
         repo = args.repo or build_world(Path(tmp), args.users, args.retired, args.active, args.seed)
@@ -94,13 +95,16 @@ def main() -> None:
         users = [str(u) for u in rng.choice(ids, args.repeats, replace=len(ids) < args.repeats)]
         x_all, _, _ = ranker.user_vectors(users)
         m, n = len(manifest.ad_ids), len(manifest.feature_names)
-        print(f"python {platform.python_version()}, {os.cpu_count()} CPUs; {m} ads x {n} features; "
-              f"{args.repeats} timed calls each (random users), 200 warm-up calls")
+        print(
+            f"python {platform.python_version()}, {os.cpu_count()} CPUs; {m} ads x {n} features; "
+            f"{args.repeats} timed calls each (random users), 200 warm-up calls"
+        )
 
         warm = 200
         bare = timed(lambda i: ranker.score(x_all[i : i + 1]), args.repeats, warm)
-        bare_top = timed(lambda i: np.argsort(-ranker.score(x_all[i : i + 1])[0], kind="stable")[:10],
-                         args.repeats, warm)
+        bare_top = timed(
+            lambda i: np.argsort(-ranker.score(x_all[i : i + 1])[0], kind="stable")[:10], args.repeats, warm
+        )
         lookup = timed(lambda i: ranker.user_vectors([users[i]]), args.repeats, warm)
         e2e = timed(lambda i: ranker.rank(users[i], k=10), args.repeats, warm)
         cand = [list(rng.choice(manifest.ad_ids, 20, replace=False)) for _ in range(args.repeats)]
@@ -113,9 +117,11 @@ def main() -> None:
         print(row("Ranker.rank, all ads, k=10", e2e, bare))
         print(row("Ranker.rank, 20 candidates, k=10", e2e_cand, bare))
         p99_ms = np.percentile(e2e, 99) / 1e3
-        print(f"end-to-end p99 {p99_ms:.2f} ms: {'meets' if p99_ms < TARGET_P99_MS else 'MISSES'} the "
-              f"{TARGET_P99_MS:.0f} ms target; Feast lookup is "
-              f"{np.median(lookup) / np.median(e2e):.0%} of the median end-to-end time")
+        print(
+            f"end-to-end p99 {p99_ms:.2f} ms: {'meets' if p99_ms < TARGET_P99_MS else 'MISSES'} the "
+            f"{TARGET_P99_MS:.0f} ms target; Feast lookup is "
+            f"{np.median(lookup) / np.median(e2e):.0%} of the median end-to-end time"
+        )
 
         batch = [str(u) for u in rng.choice(ids, args.batch_users, replace=len(ids) < args.batch_users)]
         t = time.perf_counter()
@@ -128,11 +134,15 @@ def main() -> None:
         t_bare = time.perf_counter() - t
         assert np.array_equal(np.concatenate(scores), bare_scores)
         print(f"\nbatch: {len(batch)} users x {m} ads")
-        print(f"  Ranker.score_users (Feast lookup in chunks of {args.chunk} + ONNX): "
-              f"{len(batch) / t_e2e:>12,.0f} users/s ({t_e2e:.2f} s)")
-        print(f"  bare ONNX on the [{len(batch)}, {n}] matrix (reference):        "
-              f"{len(batch) / t_bare:>12,.0f} users/s ({t_bare * 1e3:.1f} ms); "
-              f"end-to-end is x{t_e2e / t_bare:.0f} slower")
+        print(
+            f"  Ranker.score_users (Feast lookup in chunks of {args.chunk} + ONNX): "
+            f"{len(batch) / t_e2e:>12,.0f} users/s ({t_e2e:.2f} s)"
+        )
+        print(
+            f"  bare ONNX on the [{len(batch)}, {n}] matrix (reference):        "
+            f"{len(batch) / t_bare:>12,.0f} users/s ({t_bare * 1e3:.1f} ms); "
+            f"end-to-end is x{t_e2e / t_bare:.0f} slower"
+        )
 
 
 if __name__ == "__main__":

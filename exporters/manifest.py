@@ -86,11 +86,7 @@ class Manifest:
 
     def models_for_ad(self, ad_id: str) -> dict[str, ModelEntry]:
         """Per-ad models of ``ad_id`` keyed by model name."""
-        return {
-            name: m
-            for name, m in self.models.items()
-            if m.kind != "all_ads" and m.ad_ids == (ad_id,)
-        }
+        return {name: m for name, m in self.models.items() if m.kind != "all_ads" and m.ad_ids == (ad_id,)}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -105,10 +101,7 @@ class Manifest:
             "feature_names": list(self.feature_names),
             "feature_hash": self.feature_hash,
             "ad_ids": list(self.ad_ids),
-            "ads": {
-                a: {"dir": e.dir, "digest": e.digest, "meta": dict(e.meta)}
-                for a, e in self.ads.items()
-            },
+            "ads": {a: {"dir": e.dir, "digest": e.digest, "meta": dict(e.meta)} for a, e in self.ads.items()},
             "models": {
                 n: {
                     "kind": m.kind,
@@ -147,8 +140,7 @@ class Manifest:
                 feature_hash=str(data["feature_hash"]),
                 ad_ids=tuple(data["ad_ids"]),
                 ads={
-                    a: AdEntry(dir=e["dir"], digest=e["digest"], meta=dict(e["meta"]))
-                    for a, e in data["ads"].items()
+                    a: AdEntry(dir=e["dir"], digest=e["digest"], meta=dict(e["meta"])) for a, e in data["ads"].items()
                 },
                 models={
                     n: ModelEntry(
@@ -160,10 +152,7 @@ class Manifest:
                     )
                     for n, m in data["models"].items()
                 },
-                files={
-                    p: FileEntry(sha256=f["sha256"], bytes=int(f["bytes"]))
-                    for p, f in data["files"].items()
-                },
+                files={p: FileEntry(sha256=f["sha256"], bytes=int(f["bytes"])) for p, f in data["files"].items()},
             )
         except ManifestError:
             raise
@@ -179,9 +168,7 @@ class Manifest:
         for rel, entry in sorted(self.files.items()):
             path = root / rel
             if not path.is_file():
-                raise ManifestError(
-                    f"File {rel!r} listed in the manifest of {root} is missing. Re-export."
-                )
+                raise ManifestError(f"File {rel!r} listed in the manifest of {root} is missing. Re-export.")
             digest = sha256_bytes(path.read_bytes())
             if digest != entry.sha256:
                 raise ManifestError(
@@ -208,9 +195,7 @@ def read_manifest(path: str | Path) -> Manifest:
     except json.JSONDecodeError as exc:
         raise ManifestError(f"Manifest {path} is not valid JSON: {exc}. Re-export.") from exc
     if not isinstance(data, dict):
-        raise ManifestError(
-            f"Manifest {path} must hold a JSON object. Got {type(data).__name__}. Re-export."
-        )
+        raise ManifestError(f"Manifest {path} must hold a JSON object. Got {type(data).__name__}. Re-export.")
     return Manifest.from_dict(data, source=str(path))
 
 

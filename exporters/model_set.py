@@ -99,8 +99,7 @@ class AdModelSet:
         if isinstance(self.ad_meta, (str, bytes, Mapping)) or len(self.ad_meta) != m:
             got = len(self.ad_meta) if isinstance(self.ad_meta, Sequence) else self.ad_meta
             raise ExportInputError(
-                "The 'ad_meta' field of AdModelSet must be a list with one dict per ad "
-                f"({m}). Got {got!r} instead."
+                f"The 'ad_meta' field of AdModelSet must be a list with one dict per ad ({m}). Got {got!r} instead."
             )
         for ad_id, meta in zip(self.ad_ids, self.ad_meta, strict=True):
             _check_meta(ad_id, meta)
@@ -186,16 +185,13 @@ def _describe(value: object) -> str:
 
 def _check_text(field: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip():
-        raise ExportInputError(
-            f"The '{field}' field of AdModelSet must be a non-empty str. Got {value!r} instead."
-        )
+        raise ExportInputError(f"The '{field}' field of AdModelSet must be a non-empty str. Got {value!r} instead.")
 
 
 def _check_names(field: str, names: object, what: str) -> None:
     if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or not names:
         raise ExportInputError(
-            f"The '{field}' field of AdModelSet must be a non-empty list of str. "
-            f"Got {names!r} instead."
+            f"The '{field}' field of AdModelSet must be a non-empty list of str. Got {names!r} instead."
         )
     seen: set[str] = set()
     for i, name in enumerate(names):
@@ -216,14 +212,11 @@ def _check_names(field: str, names: object, what: str) -> None:
 def _check_meta(ad_id: str, meta: object) -> None:
     if not isinstance(meta, Mapping):
         raise ExportInputError(
-            f"The 'ad_meta' entry of ad {ad_id!r} must be a dict. Got "
-            f"{type(meta).__name__} instead."
+            f"The 'ad_meta' entry of ad {ad_id!r} must be a dict. Got {type(meta).__name__} instead."
         )
     for key, value in meta.items():
         if not isinstance(key, str) or not key:
-            raise ExportInputError(
-                f"The 'ad_meta' keys of ad {ad_id!r} must be non-empty str. Got {key!r} instead."
-            )
+            raise ExportInputError(f"The 'ad_meta' keys of ad {ad_id!r} must be non-empty str. Got {key!r} instead.")
         is_number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
         if not (isinstance(value, str) or is_number):
             raise ExportInputError(
@@ -238,8 +231,7 @@ def _check_meta(ad_id: str, meta: object) -> None:
     source = meta.get("source")
     if source not in AD_SOURCES:
         raise ExportInputError(
-            f"The 'ad_meta' of ad {ad_id!r} must have a 'source' in "
-            f"{sorted(AD_SOURCES)}. Got {source!r} instead."
+            f"The 'ad_meta' of ad {ad_id!r} must have a 'source' in {sorted(AD_SOURCES)}. Got {source!r} instead."
         )
 
 

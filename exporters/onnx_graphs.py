@@ -52,12 +52,9 @@ def build_all_ads_model(model_set: AdModelSet, *, top_k: int | None = None) -> o
     ``top_scores`` and ``top_indices`` [batch, top_k], best first.
     """
     m = model_set.n_ads
-    if top_k is not None and (
-        isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= m
-    ):
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= m):
         raise ExportInputError(
-            f"The 'top_k' parameter must be None or an int in [1, {m}] (the number of ads). "
-            f"Got {top_k!r} instead."
+            f"The 'top_k' parameter must be None or an int in [1, {m}] (the number of ads). Got {top_k!r} instead."
         )
     model = _linear_sigmoid_model(KIND_ALL_ADS, model_set.weights, model_set.bias, top_k=top_k)
     _set_metadata(model, model_set, KIND_ALL_ADS, list(model_set.ad_ids), top_k=top_k)
@@ -99,9 +96,7 @@ def build_skl2onnx_ad_model(model_set: AdModelSet, ad_id: str) -> onnx.ModelProt
     )
     # skl2onnx lists the default domain twice; keep one entry per domain.
     del model.opset_import[:]
-    model.opset_import.extend(
-        [onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid("ai.onnx.ml", ML_OPSET)]
-    )
+    model.opset_import.extend([onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
     if model.ir_version != IR_VERSION:
         raise ExporterError(  # pragma: no cover - guards against a skl2onnx change
             f"skl2onnx produced IR version {model.ir_version}, expected {IR_VERSION} for "
@@ -128,8 +123,7 @@ def _row(model_set: AdModelSet, ad_id: str) -> int:
         return model_set.index_of(ad_id)
     except ValueError:
         raise ExportInputError(
-            f"Ad id {ad_id!r} is not in the model set ({model_set.n_ads} ads). "
-            "Pass one of its ad_ids."
+            f"Ad id {ad_id!r} is not in the model set ({model_set.n_ads} ads). Pass one of its ad_ids."
         ) from None
 
 

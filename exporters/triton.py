@@ -20,8 +20,7 @@ def io_specs(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], list[dict[st
         tensor = value.type.tensor_type
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
         shape: list[int | str] = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in tensor.shape.dim
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim
         ]
         return {"name": value.name, "dtype": dtype, "shape": shape}
 

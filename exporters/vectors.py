@@ -103,9 +103,7 @@ def verify_model_dir(model_dir: str | Path, *, atol: float = 1e-6) -> float:
     import onnxruntime as ort
 
     model_dir = Path(model_dir)
-    session = ort.InferenceSession(
-        str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     inputs, expected = load_vectors(model_dir)
     got = session.run([name for name, _ in expected], inputs)
     worst = 0.0

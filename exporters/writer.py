@@ -155,9 +155,7 @@ def export_models(
         feature_hash=model_set.feature_hash,
         ad_ids=tuple(ad_ids),
         ads={
-            a: AdEntry(
-                encode_ad_id(a), ad_digest(model_set, i), canonical_meta(model_set.ad_meta[i])
-            )
+            a: AdEntry(encode_ad_id(a), ad_digest(model_set, i), canonical_meta(model_set.ad_meta[i]))
             for i, a in enumerate(ad_ids)
         },
         models=dict(sorted(models.items())),
@@ -230,9 +228,7 @@ def _files_of(manifest: Manifest, model_path: str, name: str, layout: str) -> li
     model_dir = model_path.rsplit("/", 1)[0]
     config = f"{name}/config.pbtxt" if layout == "triton" else None
     return [
-        rel
-        for rel in manifest.files
-        if rel in (model_path, config) or rel.startswith(f"{model_dir}/test_data_set_")
+        rel for rel in manifest.files if rel in (model_path, config) or rel.startswith(f"{model_dir}/test_data_set_")
     ]
 
 
@@ -248,18 +244,14 @@ def _check_args(
     flags = {"per_ad": per_ad, "core_ops": core_ops, "all_ads": all_ads}
     for key, value in flags.items():
         if not isinstance(value, bool):
-            raise ExportInputError(
-                f"The '{key}' parameter of export_models must be a bool. Got {value!r} instead."
-            )
+            raise ExportInputError(f"The '{key}' parameter of export_models must be a bool. Got {value!r} instead.")
     if not any(flags.values()):
         raise ExportInputError(
-            "export_models needs at least one of per_ad, core_ops, all_ads set to True. "
-            "Got all three False."
+            "export_models needs at least one of per_ad, core_ops, all_ads set to True. Got all three False."
         )
     if layout not in LAYOUTS:
         raise ExportInputError(
-            f"The 'layout' parameter of export_models must be one of {list(LAYOUTS)}. "
-            f"Got {layout!r} instead."
+            f"The 'layout' parameter of export_models must be one of {list(LAYOUTS)}. Got {layout!r} instead."
         )
     if top_k is not None:
         if not all_ads:
@@ -275,8 +267,7 @@ def _check_args(
             )
     if isinstance(test_users, bool) or not isinstance(test_users, int) or test_users < 1:
         raise ExportInputError(
-            f"The 'test_users' parameter of export_models must be an int >= 1. "
-            f"Got {test_users!r} instead."
+            f"The 'test_users' parameter of export_models must be an int >= 1. Got {test_users!r} instead."
         )
 
 
@@ -320,8 +311,7 @@ def _check_only_ads(
     stale = [
         a
         for i, a in enumerate(model_set.ad_ids)
-        if a not in wanted
-        and (a not in previous.ads or previous.ads[a].digest != ad_digest(model_set, i))
+        if a not in wanted and (a not in previous.ads or previous.ads[a].digest != ad_digest(model_set, i))
     ]
     if stale:
         raise ExportInputError(

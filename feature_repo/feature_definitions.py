@@ -15,21 +15,25 @@ from feast.value_type import ValueType
 
 DATA = Path(__file__).resolve().parent / "data"
 
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,
-              description="A person who sees ads.")
-ad = Entity(name="ad", join_keys=["ad_id"], value_type=ValueType.STRING,
-            description="One ad creative (title, message and image).")
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A person who sees ads.")
+ad = Entity(
+    name="ad",
+    join_keys=["ad_id"],
+    value_type=ValueType.STRING,
+    description="One ad creative (title, message and image).",
+)
 
 
 def _source(name: str) -> FileSource:
-    return FileSource(name=f"{name}_source", path=str(DATA / f"{name}.parquet"),
-                      timestamp_field="event_timestamp")
+    return FileSource(name=f"{name}_source", path=str(DATA / f"{name}.parquet"), timestamp_field="event_timestamp")
 
 
 def _engagement(topic: str) -> str:
-    return (f"How strongly the user engaged with {topic} over the last 90 days: views, "
-            "clicks, saves and purchases in that category, scaled to a 0-1 score "
-            "(0 = never, 1 = among the most engaged users).")
+    return (
+        f"How strongly the user engaged with {topic} over the last 90 days: views, "
+        "clicks, saves and purchases in that category, scaled to a 0-1 score "
+        "(0 = never, 1 = among the most engaged users)."
+    )
 
 
 user_interests = FeatureView(
@@ -37,38 +41,46 @@ user_interests = FeatureView(
     entities=[user],
     ttl=timedelta(days=3650),
     schema=[
-        Field(name="toys_games", dtype=Float32, description=_engagement(
-            "toys, board games, building sets and puzzles")),
-        Field(name="fashion", dtype=Float32, description=_engagement(
-            "clothing, shoes and fashion accessories")),
-        Field(name="beauty", dtype=Float32, description=_engagement(
-            "skincare, make-up, fragrance and personal care products")),
-        Field(name="electronics", dtype=Float32, description=_engagement(
-            "phones, laptops, headphones and other consumer electronics")),
-        Field(name="home_furniture", dtype=Float32, description=_engagement(
-            "furniture, home decor and interior design")),
-        Field(name="cooking", dtype=Float32, description=_engagement(
-            "cookware, kitchen appliances and recipes")),
-        Field(name="fitness", dtype=Float32, description=_engagement(
-            "gyms, workout gear, running and sports nutrition")),
-        Field(name="outdoor", dtype=Float32, description=_engagement(
-            "camping, hiking, fishing and outdoor equipment")),
-        Field(name="travel", dtype=Float32, description=_engagement(
-            "flights, hotels, holiday packages and travel guides")),
-        Field(name="automotive", dtype=Float32, description=_engagement(
-            "cars, car parts, tyres and car care")),
-        Field(name="pets", dtype=Float32, description=_engagement(
-            "pet food, pet toys and veterinary products")),
-        Field(name="books", dtype=Float32, description=_engagement(
-            "books, e-books, audiobooks and online courses")),
-        Field(name="finance", dtype=Float32, description=_engagement(
-            "banking, credit cards, insurance and investing products")),
-        Field(name="video_games", dtype=Float32, description=_engagement(
-            "video games, consoles and gaming accessories")),
-        Field(name="baby_kids", dtype=Float32, description=_engagement(
-            "baby care, nursery items and children's clothing")),
-        Field(name="gardening", dtype=Float32, description=_engagement(
-            "plants, seeds, garden tools and lawn care")),
+        Field(
+            name="toys_games", dtype=Float32, description=_engagement("toys, board games, building sets and puzzles")
+        ),
+        Field(name="fashion", dtype=Float32, description=_engagement("clothing, shoes and fashion accessories")),
+        Field(
+            name="beauty",
+            dtype=Float32,
+            description=_engagement("skincare, make-up, fragrance and personal care products"),
+        ),
+        Field(
+            name="electronics",
+            dtype=Float32,
+            description=_engagement("phones, laptops, headphones and other consumer electronics"),
+        ),
+        Field(
+            name="home_furniture", dtype=Float32, description=_engagement("furniture, home decor and interior design")
+        ),
+        Field(name="cooking", dtype=Float32, description=_engagement("cookware, kitchen appliances and recipes")),
+        Field(
+            name="fitness", dtype=Float32, description=_engagement("gyms, workout gear, running and sports nutrition")
+        ),
+        Field(name="outdoor", dtype=Float32, description=_engagement("camping, hiking, fishing and outdoor equipment")),
+        Field(
+            name="travel", dtype=Float32, description=_engagement("flights, hotels, holiday packages and travel guides")
+        ),
+        Field(name="automotive", dtype=Float32, description=_engagement("cars, car parts, tyres and car care")),
+        Field(name="pets", dtype=Float32, description=_engagement("pet food, pet toys and veterinary products")),
+        Field(name="books", dtype=Float32, description=_engagement("books, e-books, audiobooks and online courses")),
+        Field(
+            name="finance",
+            dtype=Float32,
+            description=_engagement("banking, credit cards, insurance and investing products"),
+        ),
+        Field(
+            name="video_games", dtype=Float32, description=_engagement("video games, consoles and gaming accessories")
+        ),
+        Field(
+            name="baby_kids", dtype=Float32, description=_engagement("baby care, nursery items and children's clothing")
+        ),
+        Field(name="gardening", dtype=Float32, description=_engagement("plants, seeds, garden tools and lawn care")),
     ],
     source=_source("user_interests"),
     online=True,
@@ -82,18 +94,38 @@ user_behaviour = FeatureView(
     entities=[user],
     ttl=timedelta(days=3650),
     schema=[
-        Field(name="deal_seeking", dtype=Float32, description=(
-            "Share of the user's purchases in the last 180 days that used a coupon, a sale "
-            "price or a discount code, from 0 to 1.")),
-        Field(name="premium_affinity", dtype=Float32, description=(
-            "Share of the user's spend in the last 180 days on items priced in the top "
-            "quartile of their category, from 0 to 1.")),
-        Field(name="mobile_share", dtype=Float32, description=(
-            "Share of the user's sessions in the last 30 days that came from a phone "
-            "rather than a computer, from 0 to 1.")),
-        Field(name="vegetarian", dtype=Float32, description=(
-            "Likelihood, from 0 to 1, that the user follows a vegetarian or plant-based "
-            "diet, estimated from recipe and grocery behaviour.")),
+        Field(
+            name="deal_seeking",
+            dtype=Float32,
+            description=(
+                "Share of the user's purchases in the last 180 days that used a coupon, a sale "
+                "price or a discount code, from 0 to 1."
+            ),
+        ),
+        Field(
+            name="premium_affinity",
+            dtype=Float32,
+            description=(
+                "Share of the user's spend in the last 180 days on items priced in the top "
+                "quartile of their category, from 0 to 1."
+            ),
+        ),
+        Field(
+            name="mobile_share",
+            dtype=Float32,
+            description=(
+                "Share of the user's sessions in the last 30 days that came from a phone "
+                "rather than a computer, from 0 to 1."
+            ),
+        ),
+        Field(
+            name="vegetarian",
+            dtype=Float32,
+            description=(
+                "Likelihood, from 0 to 1, that the user follows a vegetarian or plant-based "
+                "diet, estimated from recipe and grocery behaviour."
+            ),
+        ),
     ],
     source=_source("user_behaviour"),
     online=True,
@@ -153,9 +185,20 @@ generated_ad_weights = FeatureView(
         Field(name="prompt_hash", dtype=String, description="Hash of the prompts used."),
         Field(name="prompt_version", dtype=String, description="Prompt template version."),
         Field(name="feature_hash", dtype=String, description="Hash of the feature definitions used."),
-        Field(name="input_hash", dtype=String, description="Hash of every generation input."),
+        Field(
+            name="weights_version",
+            dtype=String,
+            description="Identifies this vector: generation run, inputs and calibration settings.",
+        ),
         Field(name="samples", dtype=Int64, description="Valid LLM samples averaged."),
-        Field(name="source", dtype=String, description="llm, knn, or fallback when the prior was used."),
+        Field(
+            name="origin",
+            dtype=String,
+            description=(
+                "llm (validated answers), prior (no LLM: the weight prior alone) "
+                "or fallback (the prior replaced failed answers)."
+            ),
+        ),
         Field(name="reason", dtype=String, description="Why a fallback was used (empty for clean LLM answers)."),
         Field(name="decision", dtype=String, description="Deployment gate decision (e.g. pass, blend:0.6, warn)."),
         Field(name="generated_at", dtype=UnixTimestamp, description="When the weights were generated."),
@@ -168,6 +211,11 @@ generated_ad_weights = FeatureView(
 
 ranking = FeatureService(
     name="ranking",
-    features=[user_interests, user_behaviour, generated_ad_weights],
+    features=[
+        user_interests,
+        user_behaviour,
+        # serving columns only: free-text reasons stay out of what the service hands out
+        generated_ad_weights[["weights", "bias", "alpha", "weights_version", "origin", "llm_model"]],
+    ],
     description="User features and generated ad weights for ranking cold ads.",
 )

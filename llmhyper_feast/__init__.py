@@ -12,8 +12,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "FeatureDefinition": "features", "FeatureSchema": "features", "Ad": "features",
-    "LLMHyperError": "errors", "Settings": "config", "load_settings": "config",
+    "FeatureDefinition": "features",
+    "FeatureSchema": "features",
+    "Ad": "features",
+    "LLMHyperError": "errors",
+    "Settings": "config",
+    "load_settings": "config",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 

@@ -1,3 +1,3 @@
-from .cli import main
+from llmhyper_feast.cli import main
 
 main()

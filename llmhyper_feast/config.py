@@ -1,29 +1,54 @@
-"""Settings of llmhyper-feast, read from ``<repo>/llmhyper.yaml``.
+"""Settings of llmhyper-feast: ``<repo>/llmhyper.yaml``, environment variables and flags.
 
-Precedence, highest first: CLI flag > environment variable > the YAML file > default.
-Environment variables: ``LLMHYPER_LLM`` (backend name), ``LLMHYPER_MODEL`` (the backend's
-``model`` option), ``LLMHYPER_EMBEDDER`` (embedder name), ``LLMHYPER_CONCURRENCY``.
-Secrets (API keys) are never read from the file: backends take them from env vars.
+Precedence, highest first: command-line flag > environment variable > ``llmhyper.yaml`` >
+default, applied the same way to every key by :func:`resolve_settings`. Each layer is a set
+of dotted keys (``generation.shots``, ``llm.options.model``, ...):
+
+* the file: the nested YAML mapping;
+* the environment: ``LLMHYPER_<SECTION>__<KEY>`` for any key (``LLMHYPER_GENERATION__SHOTS=3``,
+  ``LLMHYPER_LLM__OPTIONS__BASE_URL=...``), plus the short names in :data:`ENV_ALIASES`
+  (``LLMHYPER_LLM``, ``LLMHYPER_MODEL``, ``LLMHYPER_EMBEDDER``, ``LLMHYPER_PRIOR``,
+  ``LLMHYPER_CONCURRENCY``);
+* flags: the CLI's options, mapped to the same dotted keys.
+
+Options belong to a backend: a layer that names a different ``llm``, ``embedder`` or ``prior``
+drops the options the lower layers gave the previous one. Every backend takes its model as
+the option ``model`` (a model name for ``openai``, a GGUF path for ``local``), so ``--model``
+and ``LLMHYPER_MODEL`` mean the same thing everywhere. Secrets are never read from the file.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError
+from llmhyper_feast.errors import ConfigError
 
 CONFIG_FILE = "llmhyper.yaml"
+ENV_PREFIX = "LLMHYPER_"
+ENV_ALIASES: dict[str, str] = {
+    "LLMHYPER_LLM": "llm.name",
+    "LLMHYPER_MODEL": "llm.options.model",
+    "LLMHYPER_EMBEDDER": "embedder.name",
+    "LLMHYPER_PRIOR": "prior.name",
+    "LLMHYPER_CONCURRENCY": "generation.concurrency",
+}
+# environment variables with our prefix that are not settings
+_ENV_IGNORED = {"LLMHYPER_REGEN_GOLDEN"}
+_PLUGIN_SECTIONS = ("llm", "embedder", "prior")
+_SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token")
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
 class BackendConfig(BaseModel):
-    """A named backend and the options passed to it."""
+    """A named plugin (LLM backend, embedder or prior) and the options passed to it."""
 
     model_config = _STRICT
     name: str
@@ -59,7 +84,7 @@ class WarmConfig(BaseModel):
 
 
 class GateConfig(BaseModel):
-    """Deployment gate: compare the backend's backtest with the kNN prior before materializing."""
+    """Deployment gate: compare the backend's backtest with the weight prior before materializing."""
 
     model_config = _STRICT
     mode: Literal["off", "warn", "refuse", "blend"] = "off"
@@ -71,22 +96,16 @@ class Settings(BaseModel):
     model_config = _STRICT
     embedder: BackendConfig = BackendConfig(name="minilm")
     llm: BackendConfig = BackendConfig(name="local")
+    prior: BackendConfig = BackendConfig(name="knn")
     generation: GenerationConfig = GenerationConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     warm: WarmConfig = WarmConfig()
     gate: GateConfig = GateConfig()
 
-    def with_overrides(self, **flags: Any) -> "Settings":
-        """Return a copy with dotted-key overrides (``{"generation.shots": 3}``); None values are ignored."""
+    def with_overrides(self, **flags: Any) -> Settings:
+        """A copy with dotted-key overrides (``{"generation.shots": 3}``); None values are ignored."""
         data = self.model_dump()
-        for dotted, value in flags.items():
-            if value is None:
-                continue
-            *parents, leaf = dotted.split(".")
-            node = data
-            for part in parents:
-                node = node[part]
-            node[leaf] = value
+        _apply_layer(data, {k: v for k, v in flags.items() if v is not None}, "command-line flags")
         return _validate(data, source="command-line flags")
 
 
@@ -95,43 +114,115 @@ def _validate(data: dict[str, Any], source: str) -> Settings:
         return Settings.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg']} (got {err.get('input')!r})"
-            for err in exc.errors()
+            f"'{'.'.join(str(p) for p in err['loc'])}': {err['msg']} (got {err.get('input')!r})" for err in exc.errors()
         )
         raise ConfigError(f"Invalid settings in {source}: {problems}. Fix these keys and try again.") from None
 
 
-def _env_overrides(data: dict[str, Any]) -> None:
-    env = os.environ
-    if env.get("LLMHYPER_LLM"):
-        data.setdefault("llm", {})
-        if data["llm"].get("name") != env["LLMHYPER_LLM"]:
-            data["llm"] = {"name": env["LLMHYPER_LLM"], "options": {}}
-    if env.get("LLMHYPER_MODEL"):
-        data.setdefault("llm", {"name": Settings().llm.name})
-        data["llm"].setdefault("options", {})["model"] = env["LLMHYPER_MODEL"]
-    if env.get("LLMHYPER_EMBEDDER"):
-        data["embedder"] = {"name": env["LLMHYPER_EMBEDDER"], "options": {}}
-    if env.get("LLMHYPER_CONCURRENCY"):
-        try:
-            data.setdefault("generation", {})["concurrency"] = int(env["LLMHYPER_CONCURRENCY"])
-        except ValueError:
+def _set(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
             raise ConfigError(
-                f"LLMHYPER_CONCURRENCY must be an integer >= 1. Got {env['LLMHYPER_CONCURRENCY']!r} instead."
-            ) from None
+                f"Invalid settings in {source}: '{dotted}' sets a key inside '{part}', "
+                f"which holds {child!r}, not a mapping."
+            )
+        node = child
+    node[leaf] = value
+
+
+def _apply_layer(data: dict[str, Any], layer: Mapping[str, Any], source: str) -> None:
+    """Apply one precedence layer of dotted keys; naming another plugin drops its old options."""
+    for section in _PLUGIN_SECTIONS:
+        name = layer.get(f"{section}.name")
+        if name is not None and name != (data.get(section) or {}).get("name"):
+            data[section] = {"name": name, "options": {}}
+    for dotted, value in layer.items():
+        if isinstance(value, dict) and dotted in _PLUGIN_SECTIONS:
+            if value.get("name") not in (None, (data.get(dotted) or {}).get("name")):
+                data[dotted] = {"name": value["name"], "options": {}}
+            for key, sub in value.items():
+                if key == "options" and isinstance(sub, dict):
+                    data[dotted].setdefault("options", {}).update(sub)
+                else:
+                    _set(data, f"{dotted}.{key}", sub, source)
+            continue
+        _set(data, dotted, value, source)
+
+
+def env_layer(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The dotted keys set by ``LLMHYPER_*`` environment variables (values stay strings)."""
+    env = os.environ if environ is None else environ
+    layer: dict[str, str] = {}
+    for var, value in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or var in _ENV_IGNORED or value == "":
+            continue
+        if var in ENV_ALIASES:
+            layer[ENV_ALIASES[var]] = value
+        elif "__" in var:
+            layer[var[len(ENV_PREFIX) :].lower().replace("__", ".")] = value
+        else:
+            raise ConfigError(
+                f"Unknown environment variable {var}. Settings use LLMHYPER_<SECTION>__<KEY> "
+                f"(e.g. LLMHYPER_GENERATION__SHOTS=3) or one of {', '.join(sorted(ENV_ALIASES))}; unset it."
+            )
+    return layer
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not dotted.endswith(".options"):
+            out.update(_flatten(value, dotted + "."))
+        elif isinstance(value, dict) and dotted.endswith(".options"):
+            out.update({f"{dotted}.{k}": v for k, v in value.items()})
+        else:
+            out[dotted] = value
+    return out
+
+
+def _check_no_secrets(data: Mapping[str, Any], path: Path) -> None:
+    for dotted in _flatten(data):
+        leaf = dotted.rsplit(".", 1)[-1].lower()
+        if any(word in leaf for word in _SECRET_WORDS):
+            raise ConfigError(
+                f"{path} sets '{dotted}', a secret. Secrets are read from environment variables only "
+                "(e.g. OPENAI_API_KEY for the openai backend): remove the key from the file and export it instead."
+            )
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` ({} when absent); errors name the file."""
+    if not path.exists():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}. Fix the file or delete it to use the defaults.") from None
+    loaded = loaded or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings. Got {type(loaded).__name__} instead.")
+    _check_no_secrets(loaded, path)
+    return loaded
+
+
+def resolve_settings(
+    repo: str | Path, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Default < ``<repo>/llmhyper.yaml`` < environment < ``flags`` (dotted keys; None means unset)."""
+    path = Path(repo) / CONFIG_FILE
+    data = copy.deepcopy(read_config_file(path))
+    _validate(data, source=str(path))  # name the file when the file itself is wrong
+    data = Settings.model_validate(data).model_dump()
+    _apply_layer(data, env_layer(environ), "environment variables")
+    _validate(data, source=f"environment variables (with {path})")
+    _apply_layer(data, {k: v for k, v in (flags or {}).items() if v is not None}, "command-line flags")
+    return _validate(data, source="command-line flags")
 
 
 def load_settings(repo: str | Path) -> Settings:
-    """Load ``<repo>/llmhyper.yaml`` (defaults when absent) with env overrides applied."""
-    path = Path(repo) / CONFIG_FILE
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of settings. Got {type(loaded).__name__} instead.")
-        data = loaded
-    _env_overrides(data)
-    return _validate(data, source=str(path))
+    """Settings of ``repo`` from its file and the environment (no flags)."""
+    return resolve_settings(repo)

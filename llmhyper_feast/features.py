@@ -1,10 +1,11 @@
-"""Plain data types shared across the package: user feature definitions and ads."""
+"""Plain data types shared across the package: user features, ads and per-ad linear models."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -61,14 +62,52 @@ class Ad:
         return f"{self.title}. {self.caption}".strip() if self.caption else self.title
 
 
-@dataclass(frozen=True)
-class WarmAd:
-    """A warm (trained) ad: its content and its trained model, weights in schema order."""
+@dataclass(frozen=True, eq=False)
+class LinearModel:
+    """One ad's CTR model, ``p(u) = sigmoid(weights . x_u + bias)``, weights in schema order.
 
-    ad: Ad
+    Every per-ad model is one of these or a subclass that adds how it was made (trained,
+    calibrated, the LR_cold baseline).
+    """
+
     weights: np.ndarray = field(repr=False)
     bias: float = 0.0
-    mean_ctr: float = 0.0
+
+    def predict(self, users: np.ndarray) -> np.ndarray:
+        """Predicted CTR of each user row of ``users`` [m, n]."""
+        z = np.asarray(users, np.float64) @ np.asarray(self.weights, np.float64) + float(self.bias)
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass(frozen=True, eq=False)
+class WarmAd(LinearModel):
+    """A warm ad: its trained model and, keyword-only, its content and mean CTR."""
+
+    ad: Ad = field(default=Ad("", ""), kw_only=True)
+    mean_ctr: float = field(default=0.0, kw_only=True)
+
+
+@dataclass
+class AdModels:
+    """Many ads' linear models as one table: row i is ``ad_ids[i]``, weights [ads, n] in schema order.
+
+    ``source`` says which model serves each ad (``warm``, ``generated`` or ``lr_cold``);
+    ``found[i]`` is False when a lookup had no row for ad i (its row is then NaN).
+    """
+
+    ad_ids: list[str]
+    weights: np.ndarray
+    bias: np.ndarray
+    meta: list[dict[str, Any]] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    found: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ad_ids)
+
+    def model(self, i: int) -> LinearModel:
+        """The model of row ``i``."""
+        return LinearModel(self.weights[i], float(self.bias[i]))
 
 
 @dataclass(frozen=True)

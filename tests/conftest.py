@@ -19,13 +19,13 @@ SMALL_WORLD = dict(users=3000, retired=64, active=16, impressions_per_ad=1500, s
 @pytest.fixture(scope="session")
 def demo_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A feature repo with a small demo world, applied, with warm models trained. Treat as read-only."""
-    from llmhyper_feast import pipeline
+    from llmhyper_feast import jobs
     from llmhyper_feast.config import load_settings
-    from llmhyper_feast.demo_world import WorldSize
+    from llmhyper_feast.datasets.demo_world import WorldSize
 
     repo = copy_repo(tmp_path_factory.mktemp("demo") / "feature_repo")
-    pipeline.make_demo_data(repo, WorldSize(**SMALL_WORLD), progress=False)
-    pipeline.train_warm(repo, load_settings(repo), progress=False)
+    jobs.make_demo_data(repo, WorldSize(**SMALL_WORLD), progress=False)
+    jobs.train_warm(repo, load_settings(repo), progress=False)
     return repo
 
 

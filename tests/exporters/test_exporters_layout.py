@@ -74,9 +74,7 @@ def test_flat_layout_paths(model_set: AdModelSet, tmp_path: Path) -> None:
     assert len(list(tmp_path.rglob("model.onnx"))) == 1 + 2 * model_set.n_ads
 
 
-def test_triton_layout(
-    model_set: AdModelSet, tmp_path: Path, ort_session: Callable[[Path], object]
-) -> None:
+def test_triton_layout(model_set: AdModelSet, tmp_path: Path, ort_session: Callable[[Path], object]) -> None:
     manifest = export_models(model_set, tmp_path, layout="triton", top_k=2)
     top_dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
     assert top_dirs == sorted(manifest.models)
@@ -96,10 +94,7 @@ def test_triton_layout(
                 dims = [d.dim_value or -1 for d in value.type.tensor_type.shape.dim]
                 assert list(spec.dims) == dims and dims[0] == -1
                 enum = spec.DESCRIPTOR.fields_by_name["data_type"].enum_type
-                assert (
-                    enum.values_by_number[spec.data_type].name
-                    == type_names[value.type.tensor_type.elem_type]
-                )
+                assert enum.values_by_number[spec.data_type].name == type_names[value.type.tensor_type.elem_type]
         assert verify_model_dir(tmp_path / name / "1") < 1e-6
     config = parse_config(tmp_path / "all_ads/config.pbtxt")
     assert [list(o.dims) for o in config.output] == [[-1, 6], [-1, 2], [-1, 2]]

@@ -23,7 +23,11 @@ def test_metadata_props_round_trip(model_set: AdModelSet, tmp_path: Path) -> Non
     manifest = export_models(model_set, tmp_path, top_k=3)
     for name, entry in manifest.models.items():
         model = onnx.load(str(tmp_path / entry.path))
-        assert all(isinstance(p.value, str) for p in model.metadata_props)
+        raw = {p.key: p.value for p in model.metadata_props}
+        assert len(raw) == len(model.metadata_props)  # one entry per key (skl2onnx's own props replaced)
+        # structured values are plain JSON text, readable without our decoder
+        assert json.loads(raw["feature_names"]) == list(model_set.feature_names)
+        assert json.loads(raw["ad_ids"]) == list(entry.ad_ids)
         meta = read_model_metadata(tmp_path / entry.path)
         assert meta["model_kind"] == entry.kind
         assert meta["feature_names"] == list(model_set.feature_names)
@@ -53,14 +57,10 @@ def test_manifest_round_trip_and_contents(model_set: AdModelSet, tmp_path: Path)
     assert data["ads"]["brand/shoes"]["dir"] == "brand~2Fshoes"
     assert data["ads"]["café"]["meta"] == canonical_meta(model_set.ad_meta[3])
     all_ads = data["models"]["all_ads"]
-    assert all_ads["inputs"] == [
-        {"name": "user_features", "dtype": "float32", "shape": ["batch", 5]}
-    ]
+    assert all_ads["inputs"] == [{"name": "user_features", "dtype": "float32", "shape": ["batch", 5]}]
     assert all_ads["outputs"][0] == {"name": "ctr", "dtype": "float32", "shape": ["batch", 6]}
     on_disk = {
-        p.relative_to(tmp_path).as_posix()
-        for p in tmp_path.rglob("*")
-        if p.is_file() and p.name != "manifest.json"
+        p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() and p.name != "manifest.json"
     }
     assert set(manifest.files) == on_disk
     for rel, entry in manifest.files.items():

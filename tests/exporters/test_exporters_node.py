@@ -61,21 +61,14 @@ def ensure_onnxruntime_node() -> str:
                 break
             errors.append(proc.stderr.strip()[-300:] or f"exit code {proc.returncode}")
         else:
-            pytest.skip(
-                f"could not install onnxruntime-node {ORT_NODE_VERSION} (offline?): "
-                + " | ".join(errors)
-            )
+            pytest.skip(f"could not install onnxruntime-node {ORT_NODE_VERSION} (offline?): " + " | ".join(errors))
     target = subprocess.run(
         [node, "-p", "process.platform + '/' + process.arch"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    bindings = list(
-        (NODE_DIR / "node_modules/onnxruntime-node/bin").glob(
-            f"napi-v*/{target}/onnxruntime_binding.node"
-        )
-    )
+    bindings = list((NODE_DIR / "node_modules/onnxruntime-node/bin").glob(f"napi-v*/{target}/onnxruntime_binding.node"))
     if not bindings:
         pytest.skip(f"the onnxruntime-node npm package ships no native binding for {target}")
     return node
@@ -108,9 +101,7 @@ def test_node_runtime_matches_python(
         return np.asarray(entry["data"]).reshape(entry["dims"])
 
     ref = reference_ctr(model_set.weights, model_set.bias, users).astype(np.float64)
-    py_ctr, py_top, py_idx = ort_session(out / "all_ads/model.onnx").run(
-        None, {"user_features": users}
-    )
+    py_ctr, py_top, py_idx = ort_session(out / "all_ads/model.onnx").run(None, {"user_features": users})
     js_ctr = node_array("all_ads", "ctr")
     assert js_ctr.shape == (64, model_set.n_ads)
     assert np.max(np.abs(js_ctr - py_ctr)) < TOL
@@ -119,9 +110,7 @@ def test_node_runtime_matches_python(
     assert np.max(np.abs(node_array("all_ads", "top_scores") - py_top)) < TOL
     for j, ad_id in enumerate(model_set.ad_ids):
         skl, core = model_name("per_ad", ad_id), model_name("per_ad_core", ad_id)
-        py_label, py_proba = ort_session(out / manifest.models[skl].path).run(
-            None, {"user_features": users}
-        )
+        py_label, py_proba = ort_session(out / manifest.models[skl].path).run(None, {"user_features": users})
         js_proba = node_array(skl, "probabilities")
         assert np.max(np.abs(js_proba - py_proba)) < TOL, ad_id
         assert np.max(np.abs(js_proba[:, 1] - ref[:, j])) < TOL, ad_id

@@ -61,9 +61,7 @@ def test_all_models_match_numpy_and_each_other(
         label, proba = ort_session(out / per_ad["per_ad"].path).run(
             ["label", "probabilities"], {"user_features": users}
         )
-        (core,) = ort_session(out / per_ad["per_ad_core"].path).run(
-            ["ctr"], {"user_features": users}
-        )
+        (core,) = ort_session(out / per_ad["per_ad_core"].path).run(["ctr"], {"user_features": users})
         assert proba.shape == (N_USERS, 2) and core.shape == (N_USERS, 1)
         assert np.max(np.abs(proba[:, 1] - ref[:, j])) < TOL, ad_id
         assert np.max(np.abs(proba[:, 0] - (1 - ref[:, j]))) < TOL, ad_id
@@ -121,9 +119,7 @@ def test_stored_test_vectors_verify(exported: tuple[AdModelSet, Path, Manifest])
         assert verify_model_dir(model_dir, atol=TOL) < TOL
 
 
-def test_tampered_vector_fails_verification(
-    exported: tuple[AdModelSet, Path, Manifest], tmp_path: Path
-) -> None:
+def test_tampered_vector_fails_verification(exported: tuple[AdModelSet, Path, Manifest], tmp_path: Path) -> None:
     import shutil
 
     from onnx import numpy_helper

@@ -22,11 +22,7 @@ from exporters import (
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def with_ad_weights(ms: AdModelSet, ad_id: str, scale: float) -> AdModelSet:
@@ -57,9 +53,7 @@ def test_reexport_is_byte_identical(model_set: AdModelSet, tmp_path: Path, layou
 
 def test_different_weights_change_bytes(model_set: AdModelSet, tmp_path: Path) -> None:
     export_models(model_set, tmp_path / "a", per_ad=False, core_ops=False)
-    export_models(
-        with_ad_weights(model_set, "café", 0.5), tmp_path / "b", per_ad=False, core_ops=False
-    )
+    export_models(with_ad_weights(model_set, "café", 0.5), tmp_path / "b", per_ad=False, core_ops=False)
     a, b = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
     assert a["all_ads/model.onnx"] != b["all_ads/model.onnx"]
 
@@ -129,9 +123,7 @@ def test_crash_mid_write_leaves_no_partial_file(
     assert not (tmp_path / "manifest.json").exists()
 
 
-def test_atomic_write_keeps_old_content_on_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "f.bin"
     atomic_write_bytes(path, b"old")
     monkeypatch.setattr(writer.os, "replace", lambda *_: (_ for _ in ()).throw(OSError("boom")))
@@ -197,9 +189,9 @@ def test_removed_ads_files_are_deleted(model_set: AdModelSet, tmp_path: Path) ->
     assert dirs == sorted(manifest.models)
     assert (tmp_path / "notes.txt").exists()
     export_models(smaller, tmp_path / "fresh", layout="triton")
-    assert {
-        k: v for k, v in snapshot(tmp_path).items() if "/" in k and not k.startswith("fresh/")
-    } == {k: v for k, v in snapshot(tmp_path / "fresh").items() if "/" in k}
+    assert {k: v for k, v in snapshot(tmp_path).items() if "/" in k and not k.startswith("fresh/")} == {
+        k: v for k, v in snapshot(tmp_path / "fresh").items() if "/" in k
+    }
 
 
 @pytest.mark.parametrize(
@@ -214,9 +206,7 @@ def test_removed_ads_files_are_deleted(model_set: AdModelSet, tmp_path: Path) ->
         ({"per_ad": "yes"}, "'per_ad'.*bool"),
     ],
 )
-def test_bad_arguments(
-    model_set: AdModelSet, tmp_path: Path, kwargs: dict[str, object], message: str
-) -> None:
+def test_bad_arguments(model_set: AdModelSet, tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ExportInputError, match=message):
         export_models(model_set, tmp_path, **kwargs)
     assert not any(tmp_path.iterdir()), "nothing may be written before arguments are checked"

@@ -8,28 +8,49 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmhyper_feast.coupon_data import (FEATURES, MIN_AD_ROWS, build_coupon_repo,
-                                        build_offers, derive_user_ids, read_coupon_csv)
+from llmhyper_feast.datasets.coupon import (
+    FEATURES,
+    MIN_AD_ROWS,
+    build_coupon_repo,
+    build_offers,
+    derive_user_ids,
+    read_coupon_csv,
+)
 from llmhyper_feast.errors import DataError, FeatureRepoError
 
 ROOT = Path(__file__).resolve().parents[2]
 CSV = ROOT.parent / "shared" / "data" / "in-vehicle-coupon-recommendation.csv"
-needs_csv = pytest.mark.skipif(not CSV.is_file(), reason=f"UCI coupon CSV not found at {CSV} (it lives outside "
-                               "the project in ../shared/data/ and is not committed)")
+needs_csv = pytest.mark.skipif(
+    not CSV.is_file(),
+    reason=f"UCI coupon CSV not found at {CSV} (it lives outside the project in ../shared/data/ and is not committed)",
+)
 
-PROFILE = {"gender": "Female", "age": "21", "maritalStatus": "Single", "has_children": 0,
-           "education": "Bachelors degree", "occupation": "Student", "income": "$12500 - $24999", "car": np.nan,
-           "Bar": "never", "CoffeeHouse": "1~3", "CarryAway": np.nan, "RestaurantLessThan20": "4~8",
-           "Restaurant20To50": "less1"}
+PROFILE = {
+    "gender": "Female",
+    "age": "21",
+    "maritalStatus": "Single",
+    "has_children": 0,
+    "education": "Bachelors degree",
+    "occupation": "Student",
+    "income": "$12500 - $24999",
+    "car": np.nan,
+    "Bar": "never",
+    "CoffeeHouse": "1~3",
+    "CarryAway": np.nan,
+    "RestaurantLessThan20": "4~8",
+    "Restaurant20To50": "less1",
+}
 
 
 def test_user_ids_depend_on_person_columns_only() -> None:
-    rows = pd.DataFrame([
-        {**PROFILE, "coupon": "Bar", "time": "7AM"},
-        {**PROFILE, "coupon": "Coffee House", "time": "6PM"},   # same person, other context
-        {**PROFILE, "has_children": 1.0, "coupon": "Bar", "time": "7AM"},
-        {**PROFILE, "CarryAway": "gt8", "coupon": "Bar", "time": "7AM"},
-    ])
+    rows = pd.DataFrame(
+        [
+            {**PROFILE, "coupon": "Bar", "time": "7AM"},
+            {**PROFILE, "coupon": "Coffee House", "time": "6PM"},  # same person, other context
+            {**PROFILE, "has_children": 1.0, "coupon": "Bar", "time": "7AM"},
+            {**PROFILE, "CarryAway": "gt8", "coupon": "Bar", "time": "7AM"},
+        ]
+    )
     ids = derive_user_ids(rows)
     assert ids[0] == ids[1]
     assert len({ids[0], ids[2], ids[3]}) == 3
@@ -85,8 +106,16 @@ def coupon_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
 @pytest.mark.integration
 def test_repo_layout_and_stats(coupon_repo: tuple[Path, dict[str, int]]) -> None:
     repo, stats = coupon_repo
-    for name in ("feature_store.yaml", "feature_definitions.py", "llmhyper.yaml", ".feastignore",
-                 "data/registry.db", "data/online_store.db", "data/impressions.parquet", "data/ad_content.parquet"):
+    for name in (
+        "feature_store.yaml",
+        "feature_definitions.py",
+        "llmhyper.yaml",
+        ".feastignore",
+        "data/registry.db",
+        "data/online_store.db",
+        "data/impressions.parquet",
+        "data/ad_content.parquet",
+    ):
         assert (repo / name).exists(), name
     imps = pd.read_parquet(repo / "data" / "impressions.parquet")
     assert list(imps.columns) == ["user_id", "ad_id", "clicked", "user_split"]
@@ -102,7 +131,7 @@ def test_repo_layout_and_stats(coupon_repo: tuple[Path, dict[str, int]]) -> None
 
 @pytest.mark.integration
 def test_schema_has_described_features_in_unit_range(coupon_repo: tuple[Path, dict[str, int]]) -> None:
-    from llmhyper_feast import feast_adapter as fa
+    from llmhyper_feast.store import feast_adapter as fa
 
     repo, stats = coupon_repo
     store = fa.open_store(repo)
@@ -120,7 +149,7 @@ def test_schema_has_described_features_in_unit_range(coupon_repo: tuple[Path, di
 
 @pytest.mark.integration
 def test_ads_have_text_and_both_statuses_per_coupon(coupon_repo: tuple[Path, dict[str, int]]) -> None:
-    from llmhyper_feast import feast_adapter as fa
+    from llmhyper_feast.store import feast_adapter as fa
 
     repo, stats = coupon_repo
     ads, df = fa.read_ads(fa.open_store(repo))
@@ -129,20 +158,20 @@ def test_ads_have_text_and_both_statuses_per_coupon(coupon_repo: tuple[Path, dic
     assert all(a.image_uri and Path(a.image_uri).is_file() for a in ads)
     kinds = df.assign(kind=df["ad_id"].str.split("-").str[0]).groupby("kind")["status"].agg(set)
     assert len(kinds) == 5 and all(s == {"retired", "active"} for s in kinds), kinds.to_dict()
-    assert (df.loc[df["status"] == "active", "launch_date"].min()
-            > df.loc[df["status"] == "retired", "launch_date"].max())
+    assert (
+        df.loc[df["status"] == "active", "launch_date"].min() > df.loc[df["status"] == "retired", "launch_date"].max()
+    )
 
 
 @pytest.mark.integration
 def test_train_warm_runs_unchanged_on_the_coupon_repo(coupon_repo: tuple[Path, dict[str, int]]) -> None:
-    from llmhyper_feast import pipeline
+    from llmhyper_feast import jobs
     from llmhyper_feast.config import load_settings
 
     repo, stats = coupon_repo
     settings = load_settings(repo)
     assert settings.warm.min_impressions <= MIN_AD_ROWS // 2 and settings.warm.l2_c < 1.0
-    report = pipeline.train_warm(repo, settings, progress=False)
+    report = jobs.train_warm(repo, settings, progress=False)
     assert report.trained >= 0.8 * stats["retired_ads"]
     assert 0.6 < report.median_train_auc < 1.0
-    assert pipeline.load_lr_cold(repo).n_ads == report.trained
-
+    assert jobs.load_lr_cold(repo).n_ads == report.trained

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmhyper_feast import feast_adapter as fa
-from llmhyper_feast import pipeline
+from llmhyper_feast import jobs
 from llmhyper_feast.config import load_settings
-from llmhyper_feast.demo_world import FEATURES, TRUTH_FILE, WorldSize, build_world
+from llmhyper_feast.datasets.demo_world import FEATURES, TRUTH_FILE, WorldSize, build_world
 from llmhyper_feast.errors import DataError, FeatureRepoError
-from llmhyper_feast.warm_training import fit_ad
+from llmhyper_feast.store import feast_adapter as fa
+from llmhyper_feast.training.warm import fit_ad
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def _edit_definitions(repo: Path, old: str, new: str) -> None:
 
 def test_description_edit_changes_hash_and_prompt(demo_copy: Path) -> None:
     from llmhyper_feast.features import Ad
-    from llmhyper_feast.prompts import build_messages
+    from llmhyper_feast.generation.prompts import build_messages
 
     repo = demo_copy
     before = fa.read_feature_schema(fa.open_store(repo))
@@ -63,9 +63,17 @@ def test_missing_repo_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ('"Likelihood, from 0 to 1, that the user follows a vegetarian or plant-based "\n            "diet, '
-         'estimated from recipe and grocery behaviour."', '""', "has no description"),
-        ('Field(name="vegetarian", dtype=Float32', 'Field(name="vegetarian", dtype=String', "must be numeric"),
+        (
+            '"Likelihood, from 0 to 1, that the user follows a vegetarian or plant-based "\n'
+            '                "diet, estimated from recipe and grocery behaviour."',
+            '""',
+            "has no description",
+        ),
+        (
+            'name="vegetarian",\n            dtype=Float32',
+            'name="vegetarian",\n            dtype=String',
+            "must be numeric",
+        ),
     ],
 )
 def test_bad_feature_definitions_are_rejected(empty_repo: Path, old: str, new: str, message: str) -> None:
@@ -118,7 +126,7 @@ def test_warm_models_round_trip_through_feast(demo_repo: Path) -> None:
     online = fa.get_online(store, ["warm_ad_weights:weights", "warm_ad_weights:bias"], [{"ad_id": ad_id}])
     np.testing.assert_allclose(online["weights"][0], offline["weights"].iloc[0], rtol=0, atol=1e-7)
     assert len(online["weights"][0]) == len(schema)
-    cold = pipeline.load_lr_cold(demo_repo)
+    cold = jobs.load_lr_cold(demo_repo)
     np.testing.assert_allclose(cold.weights, np.median(np.stack(offline["weights"]), axis=0), atol=1e-6)
 
 
@@ -126,19 +134,21 @@ def test_too_few_impressions_is_a_per_ad_skip(demo_repo: Path, tmp_path: Path) -
     imps = pd.read_parquet(demo_repo / "data" / "impressions.parquet")
     first = imps["ad_id"].iloc[0]
     small = pd.concat([imps[imps["ad_id"] != first], imps[imps["ad_id"] == first].head(20)])
-    from llmhyper_feast.warm_training import train_warm_models
+    from llmhyper_feast.training.warm import train_warm_models
 
     store = fa.open_store(demo_repo)
     schema = fa.read_feature_schema(store)
     ids, users = fa.read_user_matrix(store, schema)
     settings = load_settings(demo_repo)
-    result = train_warm_models(small, ids, users, schema, [first, imps["ad_id"].iloc[-1]], settings.warm, progress=False)
+    result = train_warm_models(
+        small, ids, users, schema, [first, imps["ad_id"].iloc[-1]], settings.warm, progress=False
+    )
     assert first in result.skipped and "impressions" in result.skipped[first]
     assert list(result.rows["ad_id"]) == [imps["ad_id"].iloc[-1]]
 
 
 def test_ad_without_title_is_rejected(empty_repo: Path) -> None:
-    pipeline.make_demo_data(empty_repo, WorldSize(users=300, retired=4, active=2, impressions_per_ad=100), progress=False)
+    jobs.make_demo_data(empty_repo, WorldSize(users=300, retired=4, active=2, impressions_per_ad=100), progress=False)
     path = empty_repo / "data" / "ad_content.parquet"
     df = pd.read_parquet(path)
     df.loc[1, "title"] = "  "
@@ -151,12 +161,18 @@ def test_cli_help_lists_commands() -> None:
     out = subprocess.run([sys.executable, "-m", "llmhyper_feast", "--help"], capture_output=True, text=True, check=True)
     for command in ("demo", "train-warm", "features", "apply"):
         assert command in out.stdout
-    sub = subprocess.run([sys.executable, "-m", "llmhyper_feast", "train-warm", "--help"], capture_output=True,
-                         text=True, check=True)
+    sub = subprocess.run(
+        [sys.executable, "-m", "llmhyper_feast", "train-warm", "--help"], capture_output=True, text=True, check=True
+    )
     assert "--repo" in sub.stdout
 
 
 def test_cli_reports_missing_repo(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "llmhyper_feast", "features", "--repo", str(tmp_path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 1 and "feature_store.yaml is missing" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmhyper_feast", "features", "--repo", str(tmp_path)], capture_output=True, text=True
+    )
+    assert (
+        proc.returncode == 3
+        and proc.stderr.startswith("Error (repo):")
+        and "feature_store.yaml is missing" in proc.stderr
+    )

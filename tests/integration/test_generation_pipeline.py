@@ -18,14 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support.repos import clone_repo
 from support.fake_openai import FakeOpenAI, fake_weight
+from support.repos import clone_repo
 
-from llmhyper_feast import feast_adapter as fa
-from llmhyper_feast import online, pipeline
-from llmhyper_feast.calibration import calibrate
+from llmhyper_feast import jobs
+from llmhyper_feast.calibration.solve import calibrate
 from llmhyper_feast.config import load_settings
-from llmhyper_feast.generation import read_log
+from llmhyper_feast.generation.runner import read_log
+from llmhyper_feast.store import feast_adapter as fa
+from llmhyper_feast.store import online
+from llmhyper_feast.store.layout import RepoLayout
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +60,28 @@ def world(repo: Path) -> dict:
     assert unique[df["status"] == "active"].all()
     titles = dict(zip(df["ad_id"], df["title"]))
     warm = fa.read_latest(store, fa.view_for_role(store, fa.WARM_ROLE).name)["ad_id"].tolist()
-    return {"names": schema.names, "active": active, "retired": retired, "titles": titles, "warm": warm,
-            "images": {a.ad_id: a.image_uri for a in ads}}
+    return {
+        "names": schema.names,
+        "active": active,
+        "retired": retired,
+        "titles": titles,
+        "warm": warm,
+        "images": {a.ad_id: a.image_uri for a in ads},
+    }
 
 
 def settings_for(repo: Path, url: str, model: str, *, max_retries: int = 1, timeout_s: float = 5, **generation):
     """The repo's settings with the openai backend on ``url`` and ``generation.<key>`` overrides."""
-    llm = {"name": "openai", "options": {"base_url": url, "api_key": "test", "model": model,
-                                         "max_retries": max_retries, "timeout_s": timeout_s}}
+    llm = {
+        "name": "openai",
+        "options": {
+            "base_url": url,
+            "api_key": "test",
+            "model": model,
+            "max_retries": max_retries,
+            "timeout_s": timeout_s,
+        },
+    }
     return load_settings(repo).with_overrides(llm=llm, **{f"generation.{k}": v for k, v in generation.items()})
 
 
@@ -98,7 +114,7 @@ def free_port() -> int:
 
 
 def generate(repo: Path, settings, ad_ids: list[str], **kw) -> pd.DataFrame:
-    rows = pipeline.generate(repo, settings, ad_ids=ad_ids, progress=False, **kw)
+    rows = jobs.generate(repo, settings, ad_ids=ad_ids, progress=False, **kw)
     return rows.set_index("ad_id") if len(rows) else rows
 
 
@@ -115,7 +131,7 @@ def test_generate_writes_llm_weights_and_a_rerun_calls_nothing(repo: Path, world
         rows = generate(repo, settings, ad_ids)
 
         assert sorted(rows.index) == sorted(ad_ids)
-        assert (rows["source"] == "llm").all() and (rows["fallback_reason"] == "").all()
+        assert (rows["origin"] == "llm").all() and (rows["fallback_reason"] == "").all()
         expected = fake_vector(names, choices=2)
         spread = np.std([[fake_weight(n, j) for n in names] for j in range(2)], axis=0)
         assert spread.max() > 0  # the two choices differ, so a mean of one sample would be caught
@@ -147,17 +163,17 @@ def test_generate_writes_llm_weights_and_a_rerun_calls_nothing(repo: Path, world
             positions = [text.index(f"Title: {titles[n]}") for n in shown]
             assert positions == sorted(positions) and "Example 3 " in text and "Example 4 " not in text
 
-        log = read_log(repo / "data" / pipeline.LOG_DIR).set_index("ad_id")
-        assert (log.loc[ad_ids, "source"] == "llm").all()
+        log = read_log(RepoLayout(repo).generation_log).set_index("ad_id")
+        assert (log.loc[ad_ids, "origin"] == "llm").all()
         assert log.loc[ad_ids, "run_id"].nunique() == 1
 
         calls = server.calls
-        again = pipeline.generate(repo, settings, ad_ids=ad_ids, progress=False)
+        again = jobs.generate(repo, settings, ad_ids=ad_ids, progress=False)
         assert again.empty and server.calls == calls  # input hashes unchanged: nothing to do
 
         forced = generate(repo, settings, ad_ids, force=True)
         assert server.calls == calls  # every answer comes from the cache
-        assert (forced["calls"] == 0).all() and (forced["source"] == "llm").all()
+        assert (forced["calls"] == 0).all() and (forced["origin"] == "llm").all()
         for ad_id in ad_ids:
             np.testing.assert_allclose(forced.loc[ad_id, "weights"], rows.loc[ad_id, "weights"])
             assert forced.loc[ad_id, "prompt_tokens"] == rows.loc[ad_id, "prompt_tokens"]
@@ -180,15 +196,15 @@ def test_malformed_twice_falls_back_to_the_prior_and_keeps_the_good_ad(repo: Pat
         rows = generate(repo, _one_call_settings(repo, server.base_url, "fake-malformed"), [good, bad])
         assert server.behaviours_used == ["good", "malformed", "malformed"]
         assert user_text(server.requests[2]) == user_text(server.requests[1])  # the re-ask of the same ad
-    assert rows.loc[good, "source"] == "llm"
+    assert rows.loc[good, "origin"] == "llm"
     np.testing.assert_allclose(rows.loc[good, "weights"], fake_vector(world["names"]))
     row = rows.loc[bad]
-    assert row["source"] == "fallback" and row["retried"] and row["samples"] == 0
+    assert row["origin"] == "fallback" and row["retried"] and row["samples"] == 0
     assert "malformed JSON" in row["fallback_reason"] and "No valid answer after one re-ask" in row["fallback_reason"]
     np.testing.assert_allclose(row["weights"], row["prior_weights"])
     assert np.linalg.norm(row["prior_weights"]) > 0
-    log = read_log(repo / "data" / pipeline.LOG_DIR).set_index("ad_id")
-    assert log.loc[good, "source"] == "llm" and log.loc[bad, "source"] == "fallback"
+    log = read_log(RepoLayout(repo).generation_log).set_index("ad_id")
+    assert log.loc[good, "origin"] == "llm" and log.loc[bad, "origin"] == "fallback"
 
 
 def test_malformed_then_good_is_llm_and_marked_retried(repo: Path, world: dict) -> None:
@@ -199,7 +215,7 @@ def test_malformed_then_good_is_llm_and_marked_retried(repo: Path, world: dict) 
         assert server.calls == 2
         assert server.requests[1]["messages"][-1]["content"].startswith("Your previous answer was rejected")
     row = rows.loc[ad]
-    assert row["source"] == "llm" and row["retried"] and row["calls"] == 2 and row["fallback_reason"] == ""
+    assert row["origin"] == "llm" and row["retried"] and row["calls"] == 2 and row["fallback_reason"] == ""
     np.testing.assert_allclose(row["weights"], fake_vector(world["names"]))
 
 
@@ -210,7 +226,7 @@ def test_401_is_recorded_as_a_fallback_naming_the_key(repo: Path, world: dict) -
         assert server.calls == len(ads)  # a rejected key is not retried, nor re-asked
     for ad in ads:
         reason = rows.loc[ad, "fallback_reason"]
-        assert rows.loc[ad, "source"] == "fallback"
+        assert rows.loc[ad, "origin"] == "fallback"
         assert "HTTP 401" in reason and "OPENAI_API_KEY" in reason and "rejected the API key" in reason
         np.testing.assert_allclose(rows.loc[ad, "weights"], rows.loc[ad, "prior_weights"])
 
@@ -221,16 +237,18 @@ def test_429_storm_that_clears_gives_llm_weights(repo: Path, world: dict) -> Non
         server.script("rate_limit", "rate_limit", "rate_limit")
         rows = generate(repo, _one_call_settings(repo, server.base_url, "fake-429", max_retries=4), [ad])
         assert server.behaviours_used == ["rate_limit"] * 3 + ["good"]
-    assert rows.loc[ad, "source"] == "llm" and not rows.loc[ad, "retried"]
+    assert rows.loc[ad, "origin"] == "llm" and not rows.loc[ad, "retried"]
     np.testing.assert_allclose(rows.loc[ad, "weights"], fake_vector(world["names"]))
 
 
 def test_hanging_server_falls_back_with_a_timeout_reason(repo: Path, world: dict) -> None:
     ad = world["active"][9]
     with FakeOpenAI(default="hang", hang_s=5) as server:
-        rows = generate(repo, _one_call_settings(repo, server.base_url, "fake-hang", timeout_s=0.3, max_retries=0), [ad])
+        rows = generate(
+            repo, _one_call_settings(repo, server.base_url, "fake-hang", timeout_s=0.3, max_retries=0), [ad]
+        )
     row = rows.loc[ad]
-    assert row["source"] == "fallback"
+    assert row["origin"] == "fallback"
     assert "did not answer within 0.3 s" in row["fallback_reason"] and "timeout_s" in row["fallback_reason"]
     np.testing.assert_allclose(row["weights"], row["prior_weights"])
 
@@ -240,7 +258,7 @@ def test_unreachable_endpoint_falls_back_naming_the_url(repo: Path, world: dict)
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     rows = generate(repo, _one_call_settings(repo, url, "fake-unreachable", max_retries=0), [ad])
     row = rows.loc[ad]
-    assert row["source"] == "fallback" and row["calls"] == 0
+    assert row["origin"] == "fallback" and row["calls"] == 0
     assert url in row["fallback_reason"] and "Could not reach" in row["fallback_reason"]
     assert "OPENAI_BASE_URL" in row["fallback_reason"]
 
@@ -252,7 +270,7 @@ def test_truncated_twice_falls_back_naming_the_token_limit(repo: Path, world: di
         first, reask = server.requests
         assert reask["max_tokens"] == 2 * first["max_tokens"]  # the re-ask doubles the budget
     row = rows.loc[ad]
-    assert row["source"] == "fallback" and row["retried"]
+    assert row["origin"] == "fallback" and row["retried"]
     assert "cut off at max_tokens" in row["fallback_reason"] and "finish_reason 'length'" in row["fallback_reason"]
     np.testing.assert_allclose(row["weights"], row["prior_weights"])
 
@@ -261,11 +279,11 @@ def test_an_ad_that_fell_back_on_a_backend_error_is_retried_by_the_next_run(repo
     ad = world["active"][4]
     with FakeOpenAI(default="auth") as server:
         first = generate(repo, _one_call_settings(repo, server.base_url, "fake-retry-later", max_retries=0), [ad])
-    assert first.loc[ad, "source"] == "fallback"
+    assert first.loc[ad, "origin"] == "fallback"
     with FakeOpenAI() as server:  # the key is fixed
         again = generate(repo, _one_call_settings(repo, server.base_url, "fake-retry-later", max_retries=0), [ad])
         assert server.calls == 1
-    assert again.loc[ad, "source"] == "llm"
+    assert again.loc[ad, "origin"] == "llm"
 
 
 # --- 3. images ---------------------------------------------------------------------------------------
@@ -286,7 +304,7 @@ def test_missing_image_is_noted_and_sent_as_text_only(repo: Path, world: dict) -
     parts = user_content(sent_present)
     images = [p for p in parts if p["type"] == "image_url"]
     assert len(images) == 1 and images[0]["image_url"]["url"].startswith("data:image/png;base64,")
-    assert (rows["source"] == "llm").all()
+    assert (rows["origin"] == "llm").all()
     assert "image unreadable" in rows.loc[missing, "image_note"] and image.name in rows.loc[missing, "image_note"]
     assert rows.loc[present, "image_note"] == ""
     np.testing.assert_allclose(rows.loc[missing, "weights"], fake_vector(world["names"]))
@@ -304,7 +322,7 @@ def test_zero_shot_prompts_have_no_examples(repo: Path, world: dict) -> None:
     for text in texts:
         assert "Examples: none" in text and "Trained weights" not in text and "Example 1" not in text
     for ad in ads:
-        assert rows.loc[ad, "source"] == "llm"
+        assert rows.loc[ad, "origin"] == "llm"
         np.testing.assert_allclose(rows.loc[ad, "weights"], fake_vector(world["names"]))
         # neighbours are still retrieved for the prior and alpha, only not shown
         assert len(json.loads(rows.loc[ad, "neighbours"])) == 5 and np.linalg.norm(rows.loc[ad, "prior_weights"]) > 0
@@ -328,13 +346,15 @@ def test_more_shots_than_warm_ads_uses_every_warm_ad(repo: Path, world: dict) ->
     ad = world["active"][0]
     with warm_subset(repo, 7), FakeOpenAI() as server:
         warm_ids = pd.read_parquet(repo / "data" / "warm_ad_weights.parquet")["ad_id"].tolist()
-        rows = generate(repo, _one_call_settings(repo, server.base_url, "fake-50-shots", generation={"shots": 50}), [ad])
+        rows = generate(
+            repo, _one_call_settings(repo, server.base_url, "fake-50-shots", generation={"shots": 50}), [ad]
+        )
         (body,) = server.requests
     assert len(warm_ids) == 7
     assert sorted(json.loads(rows.loc[ad, "neighbours"])) == sorted(warm_ids)
     text = user_text(body)
     assert "Examples: 7 running ads" in text and "Example 7 " in text and "Example 8 " not in text
-    assert rows.loc[ad, "source"] == "llm"
+    assert rows.loc[ad, "origin"] == "llm"
     np.testing.assert_allclose(rows.loc[ad, "weights"], fake_vector(world["names"]))
 
 
@@ -348,34 +368,35 @@ def test_no_warm_ads_generates_zero_shot_and_materialize_serves_lr_cold_for_fail
         rows = pd.concat([rows, generate(repo, settings, [bad])])
         assert "Examples: none" in user_text(server.requests[0])
         server.default = "good"
-        report = pipeline.materialize(repo, settings, progress=False)
+        report = jobs.materialize(repo, settings, progress=False)
 
         for ad in (good, bad):
             assert json.loads(rows.loc[ad, "neighbours"]) == [] and list(rows.loc[ad, "similarities"]) == []
             np.testing.assert_array_equal(rows.loc[ad, "prior_weights"], np.zeros(len(names)))
-        assert rows.loc[good, "source"] == "llm"
+        assert rows.loc[good, "origin"] == "llm"
         np.testing.assert_allclose(rows.loc[good, "weights"], fake_vector(names))
-        assert rows.loc[bad, "source"] == "fallback" and "malformed JSON" in rows.loc[bad, "fallback_reason"]
+        assert rows.loc[bad, "origin"] == "fallback" and "malformed JSON" in rows.loc[bad, "fallback_reason"]
 
         store = fa.open_store(repo)
         schema = fa.read_feature_schema(store)
-        lr_cold = pipeline.load_lr_cold(repo)
+        lr_cold = jobs.load_lr_cold(repo)
         assert report.written >= len(world["active"])
         got = online.get_ad_weights(store, [good, bad], schema)
         assert got.found.all()
         offline = fa.read_latest(store, "generated_ad_weights").set_index("ad_id")
         # the good answer is served (no neighbours: alpha comes from LR_cold's mean CTR)
-        assert got.meta[0]["source"] == offline.loc[good, "source"] == "llm"
+        assert got.meta[0]["origin"] == offline.loc[good, "origin"] == "llm"
         fake = fake_vector(names)
         np.testing.assert_allclose(got.weights[0], fake / np.linalg.norm(fake), atol=1e-6)
         assert got.meta[0]["alpha"] == pytest.approx(lr_cold.mean_ctr, rel=1e-6)
         # the failed ad has only a zero prior: LR_cold is served instead, calibrated to the same alpha
-        assert got.meta[1]["source"] == offline.loc[bad, "source"] == "fallback"
+        assert got.meta[1]["origin"] == offline.loc[bad, "origin"] == "fallback"
         assert "served LR_cold" in got.meta[1]["reason"] and "malformed JSON" in got.meta[1]["reason"]
-        _, users = fa.read_user_matrix(store, schema, sample=settings.calibration.user_sample,
-                                       seed=settings.generation.seed)
+        _, users = fa.read_user_matrix(
+            store, schema, sample=settings.calibration.user_sample, seed=settings.generation.seed
+        )
         expected = calibrate(lr_cold.weights, users, lr_cold.mean_ctr)
         np.testing.assert_allclose(got.weights[1], expected.weights, atol=1e-6)
         assert got.bias[1] == pytest.approx(expected.delta, abs=1e-4)
-        log = read_log(repo / "data" / pipeline.LOG_DIR).set_index("ad_id")
-        assert log.loc[bad, "source"] == "fallback" and "malformed JSON" in log.loc[bad, "fallback_reason"]
+        log = read_log(RepoLayout(repo).generation_log).set_index("ad_id")
+        assert log.loc[bad, "origin"] == "fallback" and "malformed JSON" in log.loc[bad, "fallback_reason"]

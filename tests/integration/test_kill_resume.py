@@ -21,10 +21,12 @@ import pandas as pd
 import pytest
 from support.fake_openai import fake_weight
 
-from llmhyper_feast import feast_adapter as fa
-from llmhyper_feast import online, pipeline
+from llmhyper_feast import jobs
 from llmhyper_feast.config import load_settings
-from llmhyper_feast.generation import read_log
+from llmhyper_feast.generation.runner import read_log
+from llmhyper_feast.store import feast_adapter as fa
+from llmhyper_feast.store import online
+from llmhyper_feast.store.layout import RepoLayout
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +38,19 @@ DELAY_MS = 300
 
 def start_server(requests_log: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.serve_fake_openai", "--delay-ms", str(DELAY_MS),
-         "--requests-log", str(requests_log)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.support.serve_fake_openai",
+            "--delay-ms",
+            str(DELAY_MS),
+            "--requests-log",
+            str(requests_log),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     line = proc.stdout.readline() if ready else ""
@@ -49,14 +61,31 @@ def start_server(requests_log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def materialize_cmd(repo: Path) -> list[str]:
-    return [sys.executable, "-m", "llmhyper_feast", "materialize", "--repo", str(repo), "--llm", "openai",
-            "--concurrency", "1", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "llmhyper_feast",
+        "materialize",
+        "--repo",
+        str(repo),
+        "--llm",
+        "openai",
+        "--concurrency",
+        "1",
+        "--quiet",
+    ]
 
 
 def child_env(url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMHYPER_", "OPENAI_"))}
-    env.update(OPENAI_BASE_URL=url, OPENAI_API_KEY="test-key", OPENAI_MODEL=MODEL, FEAST_USAGE="False",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        OPENAI_BASE_URL=url,
+        OPENAI_API_KEY="test-key",
+        OPENAI_MODEL=MODEL,
+        FEAST_USAGE="False",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     return env
 
 
@@ -77,15 +106,20 @@ def test_sigkill_mid_generation_leaves_feast_untouched_and_resume_finishes(demo_
     _, ads = fa.read_ads(store, status="active")
     active, titles = ads["ad_id"].tolist(), dict(zip(ads["ad_id"], ads["title"]))
     assert len(set(titles.values())) == len(active) > 8  # more than one generation chunk; titles name the ads
-    log_dir = repo / "data" / pipeline.LOG_DIR
+    log_dir = RepoLayout(repo).generation_log
     offline_path = repo / "data" / "generated_ad_weights.parquet"
     requests_log = tmp_path / "requests.jsonl"
     server, url = start_server(requests_log)
     proc = None
     try:
         # --- run 1: killed once the first chunk of ads is in the generation log
-        proc = subprocess.Popen(materialize_cmd(repo), env=child_env(url), start_new_session=True,
-                                stdout=open(tmp_path / "run1.out", "w"), stderr=open(tmp_path / "run1.err", "w"))
+        proc = subprocess.Popen(
+            materialize_cmd(repo),
+            env=child_env(url),
+            start_new_session=True,
+            stdout=open(tmp_path / "run1.out", "w"),
+            stderr=open(tmp_path / "run1.err", "w"),
+        )
         deadline = time.monotonic() + 150
         while not list(log_dir.glob("part-*.parquet")):
             assert proc.poll() is None, f"materialize exited early: {(tmp_path / 'run1.err').read_text()[-3000:]}"
@@ -120,7 +154,7 @@ def test_sigkill_mid_generation_leaves_feast_untouched_and_resume_finishes(demo_
         server.wait(timeout=30)
 
     # finished ads were not asked again; the rest were
-    second_run_titles = requested_titles(requests_log)[len(first_run_titles):]
+    second_run_titles = requested_titles(requests_log)[len(first_run_titles) :]
     assert second_run_titles and set(second_run_titles) <= {titles[a] for a in remaining}
     assert all(first_run_titles.count(titles[a]) == 2 for a in finished)  # 20 features, 10 per call
 
@@ -130,7 +164,7 @@ def test_sigkill_mid_generation_leaves_feast_untouched_and_resume_finishes(demo_
     assert runs[list(finished)].nunique() == 1 and runs[list(remaining)].nunique() == 1
     assert runs[list(finished)].iloc[0] != runs[list(remaining)].iloc[0]
     fake = np.array([fake_weight(n) for n in schema.names])
-    assert (log["source"] == "llm").all()
+    assert (log["origin"] == "llm").all()
     for weights in log["weights"]:
         np.testing.assert_allclose(weights, fake)
 
@@ -138,14 +172,14 @@ def test_sigkill_mid_generation_leaves_feast_untouched_and_resume_finishes(demo_
     # (the norm comes from calibration.scale)
     offline = pd.read_parquet(offline_path)
     assert offline["ad_id"].value_counts().to_dict() == {a: 1 for a in active}
-    assert (offline["source"] == "llm").all() and (offline["llm_model"] == f"openai:{MODEL}").all()
+    assert (offline["origin"] == "llm").all() and (offline["llm_model"] == f"openai:{MODEL}").all()
     unit = fake / np.linalg.norm(fake)
     for weights in offline["weights"]:
         np.testing.assert_allclose(weights / np.linalg.norm(weights), unit, atol=1e-6)
     got = online.get_ad_weights(fa.open_store(repo), active, schema)
     assert got.found.all()
     np.testing.assert_allclose(got.weights, np.stack(offline.set_index("ad_id").loc[active, "weights"]), atol=1e-7)
-    assert {m["source"] for m in got.meta} == {"llm"}
+    assert {m["origin"] for m in got.meta} == {"llm"}
     settings = load_settings(repo).with_overrides(llm={"name": "openai", "options": {"model": MODEL, "api_key": "x"}})
-    table = pipeline.status(repo, settings).set_index("ad_id")
+    table = jobs.status(repo, settings).set_index("ad_id")
     assert set(table.loc[active, "state"]) == {"cold-current"}

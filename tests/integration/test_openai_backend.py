@@ -8,11 +8,11 @@ import socket
 import pytest
 from support.fake_openai import FakeOpenAI, fake_weight
 
-from llmhyper_feast.answers import answer_schema, request_weights
-from llmhyper_feast.cache import AnswerCache
+from llmhyper_feast.backends.llm import get_backend
+from llmhyper_feast.backends.llm.base import ChatRequest, is_fatal
 from llmhyper_feast.errors import AnswerError, BackendError
-from llmhyper_feast.llm import get_backend
-from llmhyper_feast.llm.base import ChatRequest, is_fatal
+from llmhyper_feast.generation.answers import answer_schema, request_weights
+from llmhyper_feast.generation.cache import AnswerCache
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +31,11 @@ def backend_for(srv: FakeOpenAI, **options):
 
 
 def req(i: int = 0, **kw) -> ChatRequest:
-    return ChatRequest(messages=({"role": "system", "content": "Write weights."}, {"role": "user", "content": f"ad {i}"}),
-                       feature_names=NAMES, **kw)
+    return ChatRequest(
+        messages=({"role": "system", "content": "Write weights."}, {"role": "user", "content": f"ad {i}"}),
+        feature_names=NAMES,
+        **kw,
+    )
 
 
 def expected(choice: int = 0) -> dict[str, float]:
@@ -268,10 +271,14 @@ def test_each_answer_is_cached_as_soon_as_it_arrives(server, tmp_path):
     server.hang_s = 3
     server.script("good", "hang")
     cache = AnswerCache(tmp_path)
-    backend = get_backend("openai", {"base_url": server.base_url, "api_key": "sk", "model": "fake-model",
-                                     "timeout_s": 2, "max_retries": 0}, cache=cache)
-    worker = threading.Thread(target=backend.complete_many, args=([req(0), req(1)],),
-                              kwargs={"concurrency": 1, "progress": False})
+    backend = get_backend(
+        "openai",
+        {"base_url": server.base_url, "api_key": "sk", "model": "fake-model", "timeout_s": 2, "max_retries": 0},
+        cache=cache,
+    )
+    worker = threading.Thread(
+        target=backend.complete_many, args=([req(0), req(1)],), kwargs={"concurrency": 1, "progress": False}
+    )
     worker.start()
     deadline = time.monotonic() + 2
     while len(cache) == 0 and time.monotonic() < deadline:

@@ -15,13 +15,14 @@ import pytest
 from click.testing import CliRunner
 
 from exporters import INPUT_NAME, export_models, read_manifest
-from llmhyper_feast import feast_adapter as fa
-from llmhyper_feast import online, pipeline
+from llmhyper_feast import jobs
 from llmhyper_feast.config import load_settings
-from llmhyper_feast.errors import DataError, ExportError
-from llmhyper_feast.export import build_model_set, export_repo
-from llmhyper_feast.materialization import resolve_weights
-from llmhyper_feast.ranking import Ranker, StaleExportError, UnknownAdError, UnknownUserError
+from llmhyper_feast.errors import ExportError, InputError
+from llmhyper_feast.serving.export import build_model_set, export_repo
+from llmhyper_feast.serving.ranker import Ranker, StaleExportError, UnknownAdError, UnknownUserError
+from llmhyper_feast.store import feast_adapter as fa
+from llmhyper_feast.store import online
+from llmhyper_feast.store.weights import resolve_weights
 
 pytestmark = pytest.mark.integration
 N_USERS = 1000
@@ -50,8 +51,8 @@ def session(path: Path):
 def served(demo_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(repo with kNN-generated cold-ad weights materialized, its full export)."""
     repo = clone(demo_repo, tmp_path_factory.mktemp("ranking") / "repo")
-    settings = load_settings(repo).with_overrides(llm={"name": "knn", "options": {}})
-    assert pipeline.materialize(repo, settings, progress=False).written > 0
+    settings = load_settings(repo).with_overrides(**{"llm.name": "none"})
+    assert jobs.materialize(repo, settings, progress=False).written > 0
     models = repo.parent / "models"
     export_repo(repo, models)
     return repo, models
@@ -71,7 +72,7 @@ def world(served: tuple[Path, Path], ranker: Ranker):
     users = list(np.random.default_rng(5).choice(all_ids, N_USERS, replace=False))
     feats = online.get_user_features(store, users, schema)
     assert feats.found.all()
-    resolved = resolve_weights(store, schema, pipeline.load_lr_cold(repo))
+    resolved = resolve_weights(store, schema, jobs.load_lr_cold(repo))
     p64 = sigmoid(feats.values.astype(np.float64) @ resolved.weights.astype(np.float64).T + resolved.bias)
     return users, feats.values, resolved, p64
 
@@ -120,8 +121,9 @@ def test_parity_onnx_numpy_and_feast_stored_weights(served: tuple[Path, Path], r
     p_stored = sigmoid(x.astype(np.float64) @ stored.weights.astype(np.float64).T + stored.bias)
     assert np.abs(all_ads[:, gen] - p_stored).max() < TOL
     warm = [i for i, s in enumerate(resolved.source) if s == "warm"]
-    rows = fa.get_online(store, ["warm_ad_weights:weights", "warm_ad_weights:bias"],
-                         [{"ad_id": resolved.ad_ids[i]} for i in warm])
+    rows = fa.get_online(
+        store, ["warm_ad_weights:weights", "warm_ad_weights:bias"], [{"ad_id": resolved.ad_ids[i]} for i in warm]
+    )
     w_warm = np.asarray(rows["weights"], np.float64)
     p_warm = sigmoid(x.astype(np.float64) @ w_warm.T + np.asarray(rows["bias"], np.float64))
     assert np.abs(all_ads[:, warm] - p_warm).max() < TOL
@@ -170,9 +172,9 @@ def test_unknown_ads_are_listed(ranker: Ranker, world) -> None:
         ranker.rank(users[0], [resolved.ad_ids[0], "ad_nope_1", "ad_nope_2"])
     assert err.value.ad_ids == ["ad_nope_1", "ad_nope_2"] and "llmhyper export" in str(err.value)
     for bad in ([], "ad00001"):
-        with pytest.raises(DataError):
+        with pytest.raises(InputError):
             ranker.rank(users[0], bad)
-    with pytest.raises(DataError, match="'k' parameter"):
+    with pytest.raises(InputError, match="'k' parameter"):
         ranker.rank(users[0], k=0)
 
 
@@ -207,8 +209,10 @@ def test_missing_features_use_the_population_mean(ranker: Ranker, world) -> None
     res = ranker.rank("half_user", k=len(resolved.ad_ids))
     expected_missing = [n for n in names if n not in behaviour or n == behaviour[1]]
     assert list(res.imputed) == expected_missing and res.user_fallback is None
-    x = np.array([values[n] if n in values and n != behaviour[1] else ranker.population_mean[i]
-                  for i, n in enumerate(names)], np.float32)
+    x = np.array(
+        [values[n] if n in values and n != behaviour[1] else ranker.population_mean[i] for i, n in enumerate(names)],
+        np.float32,
+    )
     p = sigmoid(x.astype(np.float64) @ resolved.weights.T.astype(np.float64) + resolved.bias)
     got = {r.ad_id: r.ctr for r in res}
     assert max(abs(got[a] - p[j]) for j, a in enumerate(resolved.ad_ids)) < TOL
@@ -315,7 +319,7 @@ def test_only_changed_after_a_warm_handoff_equals_a_full_export(demo_repo: Path,
     store = fa.open_store(repo)
     _, active = fa.read_ads(store, status="active")
     handed = str(active["ad_id"].iloc[0])
-    pipeline.train_warm(repo, load_settings(repo), ad_ids=[handed], progress=False)  # also refits LR_cold
+    jobs.train_warm(repo, load_settings(repo), ad_ids=[handed], progress=False)  # also refits LR_cold
     inc = export_repo(repo, out, only_changed=True)
     assert inc.ads[handed].meta["source"] == "warm"
     rebuilt = {p.split("/")[1] for p in inc.written if p.startswith("ads/")}
@@ -328,14 +332,10 @@ def test_only_changed_after_a_warm_handoff_equals_a_full_export(demo_repo: Path,
 
 
 def test_cli_export_and_rank(served: tuple[Path, Path], world, tmp_path: Path) -> None:
-    import click
-
-    from llmhyper_feast.cli_serving import register
+    from llmhyper_feast.cli import cli as group
 
     repo, _ = served
     users, _, resolved, p64 = world
-    group = click.Group()
-    register(group)
     assert {"export", "rank", "serve"} <= set(group.commands)
     runner = CliRunner()
     out = tmp_path / "cli_models"
@@ -343,8 +343,24 @@ def test_cli_export_and_rank(served: tuple[Path, Path], world, tmp_path: Path) -
     assert res.exit_code == 0, res.output
     assert f"exported {len(resolved.ad_ids)} ads" in res.output and read_manifest(out).top_k == 5
     ads = resolved.ad_ids[:6]
-    res = runner.invoke(group, ["rank", "--repo", str(repo), "--models", str(out), "--user", users[0],
-                                "--ads", ",".join(ads[:3]), "--ads", ads[3], "--k", "3"])
+    res = runner.invoke(
+        group,
+        [
+            "rank",
+            "--repo",
+            str(repo),
+            "--models",
+            str(out),
+            "--user",
+            users[0],
+            "--ads",
+            ",".join(ads[:3]),
+            "--ads",
+            ads[3],
+            "--k",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[1].split() == ["rank", "ad", "ctr", "source", "title"] and len(lines) == 5
@@ -361,16 +377,32 @@ def _free_port() -> int:
 
 
 @pytest.mark.redis
-def test_redis_online_store_gives_the_same_scores(served: tuple[Path, Path], ranker: Ranker, world,
-                                                  tmp_path: Path) -> None:
+def test_redis_online_store_gives_the_same_scores(
+    served: tuple[Path, Path], ranker: Ranker, world, tmp_path: Path
+) -> None:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not on PATH (install it, e.g. `apt-get install redis-server`, to run this test)")
     repo, models = served
     users, _, _, _ = world
     port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from exporters import read_manifest
-from llmhyper_feast import feast_adapter as fa
-from llmhyper_feast.export import export_repo
-from llmhyper_feast.ranking import Ranker
-from llmhyper_feast.serving import create_app
+from llmhyper_feast.serving.export import export_repo
+from llmhyper_feast.serving.http import create_app
+from llmhyper_feast.serving.ranker import Ranker
+from llmhyper_feast.store import feast_adapter as fa
 
 pytestmark = pytest.mark.integration
 
@@ -113,19 +113,22 @@ def test_unknown_user_and_ads_are_404(server: ServerThread, ranker: Ranker, user
         assert "zz_1" in body["detail"] and "zz_2" in body["detail"]
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"k": 3}, "user_id"),
-    ({"user_id": ""}, "user_id"),
-    ({"user_id": 12}, "user_id"),
-    ({"user_id": "u", "k": 0}, "k"),
-    ({"user_id": "u", "k": "ten"}, "k"),
-    ({"user_id": "u", "k": 10_001}, "k"),
-    ({"user_id": "u", "ads": "ad00001"}, "ads"),
-    ({"user_id": "u", "ads": []}, "ads"),
-    ({"user_id": "u", "ads": [""]}, "ads"),
-    ({"user_id": "u", "colour": "red"}, "colour"),
-    (["u"], "body"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"k": 3}, "user_id"),
+        ({"user_id": ""}, "user_id"),
+        ({"user_id": 12}, "user_id"),
+        ({"user_id": "u", "k": 0}, "k"),
+        ({"user_id": "u", "k": "ten"}, "k"),
+        ({"user_id": "u", "k": 10_001}, "k"),
+        ({"user_id": "u", "ads": "ad00001"}, "ads"),
+        ({"user_id": "u", "ads": []}, "ads"),
+        ({"user_id": "u", "ads": [""]}, "ads"),
+        ({"user_id": "u", "colour": "red"}, "colour"),
+        (["u"], "body"),
+    ],
+)
 def test_malformed_bodies_are_422(server: ServerThread, body: object, field: str) -> None:
     r = httpx.post(f"{server.url}/rank", json=body)
     assert r.status_code == 422, r.text
@@ -176,13 +179,16 @@ def test_bounded_load(server: ServerThread, ranker: Ranker, user_ids: list[str])
     wall = time.perf_counter() - start
     statuses = [s for s, _ in results]
     lat_ms = np.array([t for _, t in results]) * 1e3
-    print(f"\nload: {n_requests} requests / {n_threads} threads in {wall:.2f} s = {n_requests / wall:.0f} req/s; "
-          f"p50 {np.percentile(lat_ms, 50):.2f} ms, p99 {np.percentile(lat_ms, 99):.2f} ms")
+    print(
+        f"\nload: {n_requests} requests / {n_threads} threads in {wall:.2f} s = {n_requests / wall:.0f} req/s; "
+        f"p50 {np.percentile(lat_ms, 50):.2f} ms, p99 {np.percentile(lat_ms, 99):.2f} ms"
+    )
     assert statuses.count(200) == n_requests, {s: statuses.count(s) for s in set(statuses)}
 
 
-def test_ranker_reads_a_triton_layout(exported: tuple[Path, Path], ranker: Ranker, user_ids: list[str],
-                                      tmp_path: Path) -> None:
+def test_ranker_reads_a_triton_layout(
+    exported: tuple[Path, Path], ranker: Ranker, user_ids: list[str], tmp_path: Path
+) -> None:
     repo, _ = exported
     manifest = export_repo(repo, tmp_path / "triton", layout="triton", per_ad=False)
     assert manifest.models["all_ads"].path == "all_ads/1/model.onnx"
@@ -192,19 +198,16 @@ def test_ranker_reads_a_triton_layout(exported: tuple[Path, Path], ranker: Ranke
 
 
 def test_serve_command_starts_uvicorn(exported: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import click
     import uvicorn
 
-    from llmhyper_feast.cli_serving import register
+    from llmhyper_feast.cli import cli as group
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    group = click.Group()
-    register(group)
     repo, models = exported
     res = CliRunner().invoke(group, ["serve", "--repo", str(repo), "--models", str(models), "--port", "8123"])
     assert res.exit_code == 0, res.output
-    (app, kw), = calls
+    ((app, kw),) = calls
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8123
     assert {"/rank", "/health"} <= {route.path for route in app.routes}
     assert "http://127.0.0.1:8123" in res.output

@@ -24,9 +24,25 @@ from typing import Any
 
 BEHAVIOURS = frozenset(
     {
-        "good", "auth", "rate_limit", "server_error", "hang", "truncated", "malformed", "fenced",
-        "string_numbers", "nan", "extra_key", "missing_key", "duplicate_key", "out_of_range",
-        "refusal", "empty", "reject_n", "reject_schema", "reject_max_tokens",
+        "good",
+        "auth",
+        "rate_limit",
+        "server_error",
+        "hang",
+        "truncated",
+        "malformed",
+        "fenced",
+        "string_numbers",
+        "nan",
+        "extra_key",
+        "missing_key",
+        "duplicate_key",
+        "out_of_range",
+        "refusal",
+        "empty",
+        "reject_n",
+        "reject_schema",
+        "reject_max_tokens",
     }
 )
 
@@ -211,7 +227,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, status: int, message: str, type_: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def _error(
+        self, status: int, message: str, type_: str, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         self._send(status, {"error": {"message": message, "type": type_, "param": param, "code": None}}, headers)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
@@ -238,7 +256,12 @@ class _Handler(BaseHTTPRequestHandler):
         retry = {"retry-after-ms": f"{fake.retry_after_ms:g}"}
         n = int(body.get("n") or 1)
         if behaviour == "auth":
-            self._error(401, "Incorrect API key provided: sk-fake.", "invalid_request_error", headers={"x-should-retry": "false"})
+            self._error(
+                401,
+                "Incorrect API key provided: sk-fake.",
+                "invalid_request_error",
+                headers={"x-should-retry": "false"},
+            )
             return
         if behaviour == "rate_limit":
             self._error(429, "Rate limit reached for requests per min.", "requests", headers=retry)
@@ -256,19 +279,32 @@ class _Handler(BaseHTTPRequestHandler):
             behaviour = "good"
         if behaviour == "reject_schema":
             if "response_format" in body:
-                self._error(400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
-                            "invalid_request_error", param="response_format")
+                self._error(
+                    400,
+                    "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+                    "invalid_request_error",
+                    param="response_format",
+                )
                 return
             behaviour = "good"
         if behaviour == "reject_max_tokens":
             if "max_tokens" in body:
-                self._error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
-                            "'max_completion_tokens' instead.", "invalid_request_error", param="max_tokens")
+                self._error(
+                    400,
+                    "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                    "'max_completion_tokens' instead.",
+                    "invalid_request_error",
+                    param="max_tokens",
+                )
                 return
             behaviour = "good"
         keys, reasoning = _schema_keys(body, fake.keys)
         if not keys:
-            self._error(400, "fake server: send response_format json_schema or set FakeOpenAI(keys=[...])", "invalid_request_error")
+            self._error(
+                400,
+                "fake server: send response_format json_schema or set FakeOpenAI(keys=[...])",
+                "invalid_request_error",
+            )
             return
         choices, completion_tokens = [], 0
         for j in range(n):

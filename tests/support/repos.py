@@ -16,7 +16,7 @@ def copy_repo(dest: Path) -> Path:
 
 def clone_repo(src: Path, dest: Path) -> Path:
     """Copy a built repo (data included) and re-apply it so its sources point at the copy."""
-    from llmhyper_feast import feast_adapter as fa
+    from llmhyper_feast.store import feast_adapter as fa
 
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "data" / "registry.db").unlink()

@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with ServedFakeOpenAI(port=args.port, requests_log=args.requests_log, default=args.default,
-                          delay_ms=args.delay_ms) as fake:
+    with ServedFakeOpenAI(
+        port=args.port, requests_log=args.requests_log, default=args.default, delay_ms=args.delay_ms
+    ) as fake:
         print(f"ready {fake.base_url}", flush=True)
         stop.wait()
 

@@ -11,9 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmhyper_feast.answers import REASONING_FIELDS, answer_schema, parse_answer, parse_reasoning, request_weights
+from llmhyper_feast.backends.llm.base import ChatRequest, ChatResult, LLMBackend, mark_fatal
 from llmhyper_feast.errors import AnswerError, BackendError
-from llmhyper_feast.llm.base import ChatRequest, ChatResult, LLMBackend, mark_fatal
+from llmhyper_feast.generation.answers import (
+    REASONING_FIELDS,
+    answer_schema,
+    parse_answer,
+    parse_reasoning,
+    request_weights,
+)
 
 NAMES = ("age", "sports", "gaming")
 
@@ -176,8 +182,15 @@ class ScriptedBackend(LLMBackend):
         if isinstance(item, BaseException):
             raise item
         samples, truncated = item if isinstance(item, tuple) else (item, [False] * len(item))
-        return ChatResult(samples=samples, model="scripted-1", prompt_tokens=10, completion_tokens=5 * len(samples),
-                          calls=1, latency_s=0.01, truncated=truncated)
+        return ChatResult(
+            samples=samples,
+            model="scripted-1",
+            prompt_tokens=10,
+            completion_tokens=5 * len(samples),
+            calls=1,
+            latency_s=0.01,
+            truncated=truncated,
+        )
 
 
 def req(tag: str, **kw) -> ChatRequest:

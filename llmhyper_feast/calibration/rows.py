@@ -18,6 +18,7 @@ from llmhyper_feast.config import CalibrationConfig
 from llmhyper_feast.errors import CalibrationError, DataError
 from llmhyper_feast.features import FeatureSchema
 from llmhyper_feast.generation.staleness import weights_version
+from llmhyper_feast.store.redact import redact
 from llmhyper_feast.training.warm import LRCold
 
 
@@ -89,6 +90,12 @@ def generated_rows(
 
     ``blend`` < 1 mixes LLM weights with the kNN prior: ``blend * llm + (1 - blend) * prior``.
     """
+    users = np.asarray(users, np.float64)
+    if not np.isfinite(users).all():
+        raise CalibrationError(
+            "The calibration users hold NaN or inf feature values. Read them with "
+            "store.feast_adapter.read_user_matrix, which imputes them with the feature's finite mean."
+        )
     rows = []
     for _, r in log.iterrows():
         if blend != 1.0 and r["origin"] == "llm":
@@ -115,7 +122,7 @@ def generated_rows(
                 "weights_version": weights_version(r, calibration),
                 "samples": int(r["samples"]),
                 "origin": cal["origin"],
-                "reason": cal["reason"][:1000],
+                "reason": redact(cal["reason"])[:1000],
                 "decision": decision,
                 "generated_at": r["generated_at"],
                 "event_timestamp": timestamp,

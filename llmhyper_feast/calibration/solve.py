@@ -365,8 +365,11 @@ def calibrate(
             f"theta). Got shape {x.shape} instead."
         )
     if not np.all(np.isfinite(x)):
+        cols = [int(j) for j in np.flatnonzero(~np.isfinite(x).all(axis=0))]
         raise CalibrationError(
-            "users contains non-finite values (NaN or inf). Fill or drop missing user features before calibrating."
+            f"users contains {int(np.size(x) - np.count_nonzero(np.isfinite(x)))} non-finite value(s) (NaN or inf) "
+            f"in feature column(s) {cols[:10]}. Impute missing user features first: "
+            "store.feast_adapter.read_user_matrix replaces them with the feature's finite mean."
         )
     deltas, means = _solve_rows((x @ weights)[None, :], np.array([a]), tol, max_iter, owned=True)
     weights.setflags(write=False)

@@ -14,6 +14,7 @@ import sys
 import click
 
 from llmhyper_feast.errors import LLMHyperError, exit_code
+from llmhyper_feast.store.redact import redact
 
 __all__ = ["cli", "main"]
 
@@ -36,9 +37,9 @@ def _json_requested(argv: list[str]) -> bool:
 
 
 def _register() -> None:
-    from llmhyper_feast.cli import coupon, demo, evaluation, report, serving, weights
+    from llmhyper_feast.cli import coupon, demo, evaluation, report, serving, store, weights
 
-    for module in (demo, weights, evaluation, serving, report, coupon):
+    for module in (demo, weights, store, evaluation, serving, report, coupon):
         for command in module.COMMANDS:
             cli.add_command(command)
 
@@ -59,5 +60,5 @@ def main(argv: list[str] | None = None) -> None:
     except LLMHyperError as exc:
         code = exit_code(exc)
         family = _FAMILY.get(code)
-        click.echo(f"Error ({family}): {exc}" if family else f"Error: {exc}", err=True)
+        click.echo(redact(f"Error ({family}): {exc}" if family else f"Error: {exc}"), err=True)
         sys.exit(code)

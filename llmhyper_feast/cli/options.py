@@ -60,6 +60,7 @@ SETTING_FLAGS: dict[str, str] = {
     "caption": "generation.include_caption",
     "send_image": "generation.send_image",
     "concurrency": "generation.concurrency",
+    "allow_fallback": "generation.allow_fallback",
 }
 
 _BACKEND_OPTIONS = [

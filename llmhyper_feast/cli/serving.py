@@ -141,21 +141,39 @@ def rank(
     default="info",
     show_default=True,
 )
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log one line per request.")
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1024),
+    default=64 * 1024,
+    show_default=True,
+    help="Larger POST /rank bodies are refused with HTTP 413 before they are parsed.",
+)
 def serve(
-    repo: Path, host: str, port: int, models: Path | None, unknown_user: str, reload_interval: float, log_level: str
+    repo: Path,
+    host: str,
+    port: int,
+    models: Path | None,
+    unknown_user: str,
+    reload_interval: float,
+    log_level: str,
+    access_log: bool,
+    max_body_bytes: int,
 ) -> None:
-    """Serve POST /rank and GET /health over HTTP (uvicorn)."""
+    """Serve POST /rank and GET /health over HTTP (uvicorn, one process)."""
     from llmhyper_feast.serving.http import serve as run
+    from llmhyper_feast.serving.http import without_torch
     from llmhyper_feast.serving.ranker import Ranker
 
     model_dir = _models_dir(repo, models)
-    ranker = Ranker(repo, model_dir, unknown_user=unknown_user, reload_interval=reload_interval)
+    with without_torch():  # Feast would load torch (~500 MB) for nothing serving uses
+        ranker = Ranker(repo, model_dir, unknown_user=unknown_user, reload_interval=reload_interval)
     info = ranker.health()
     click.echo(
         f"serving {info['n_ads']} ads (model {info['model_version']}, features {info['feature_hash']}) "
         f"from {model_dir} on http://{host}:{port}"
     )
-    run(ranker, host, port, log_level=log_level)
+    run(ranker, host, port, log_level=log_level, access_log=access_log, max_body_bytes=max_body_bytes)
 
 
 COMMANDS = (export, rank, serve)

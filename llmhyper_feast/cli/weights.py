@@ -14,15 +14,21 @@ from llmhyper_feast.cli.options import (
     repo_option,
     settings_from_flags,
 )
+from llmhyper_feast.errors import BackendError
 
 
 @click.command()
 @repo_option
-def apply(repo: Path) -> None:
+@click.option(
+    "--rebuild-registry",
+    is_flag=True,
+    help="Set a registry copied from another repo aside (data/registry.db.copied-<time>) and apply a fresh one.",
+)
+def apply(repo: Path, rebuild_registry: bool) -> None:
     """Run `feast apply` on the repo and create the weights views' parquet sources."""
     from llmhyper_feast.store.feast_adapter import apply_repo
 
-    click.echo(apply_repo(repo).strip())
+    click.echo(apply_repo(repo, rebuild_registry=rebuild_registry).strip())
 
 
 @click.command()
@@ -105,9 +111,8 @@ def print_generation(rows: Any, log_dir: Path) -> None:
     for r in rows[rows["origin"] == "fallback"].head(5).itertuples():
         click.echo(f"  fallback {r.ad_id}: {r.fallback_reason[:200]}")
     if rows.attrs.get("stopped"):
-        click.echo(
-            f"warning: {rows.attrs['stopped']}\n  fix the backend and re-run: ads that hit backend errors are retried",
-            err=True,
+        raise BackendError(
+            f"{rows.attrs['stopped']}. Fix the backend and re-run: ads that hit backend errors are retried."
         )
 
 
@@ -132,6 +137,12 @@ def generate(repo: Path, ads: tuple[str, ...], force: bool, quiet: bool, **flags
 @repo_option
 @backend_options
 @click.option("--force", is_flag=True, help="Regenerate and rewrite every cold ad.")
+@click.option(
+    "--allow-fallback",
+    is_flag=True,
+    default=None,
+    help="When the backend cannot be reached, let the prior replace stored LLM weights (default: keep them).",
+)
 @quiet_option
 def materialize(repo: Path, force: bool, quiet: bool, **flags: Any) -> None:
     """Generate missing/stale cold-ad weights, calibrate them and write them into Feast (offline + online)."""
@@ -143,10 +154,9 @@ def materialize(repo: Path, force: bool, quiet: bool, **flags: Any) -> None:
         f"({', '.join(f'{k}={v}' for k, v in report.origins.items()) or 'nothing changed'})"
     )
     if report.stopped:
-        click.echo(
-            f"warning: generation {report.stopped}; ads that hit backend errors were written with the prior "
-            "and are retried by the next run",
-            err=True,
+        raise BackendError(
+            f"generation {report.stopped}. Ads without stored weights got the prior; stored LLM weights were kept "
+            "(--allow-fallback replaces them). Fix the backend and re-run: ads that hit backend errors are retried."
         )
 
 
@@ -163,6 +173,8 @@ def status(repo: Path, show_all: bool, **flags: Any) -> None:
     shown = table if show_all else table[~table["state"].isin(["warm", "cold-current"])]
     for r in shown.head(200).itertuples():
         click.echo(f"  {r.ad_id} [{r.status}] {r.state}: {r.reason}")
+    if table.attrs.get("hint"):
+        click.echo(f"hint: {table.attrs['hint']}")
 
 
 COMMANDS = (apply, features, train_warm, index, generate, materialize, status)

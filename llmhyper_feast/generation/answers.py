@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llmhyper_feast.errors import AnswerError, BackendError, InputError
+from llmhyper_feast.store.redact import redact
 
 if TYPE_CHECKING:
     from llmhyper_feast.backends.llm.base import ChatRequest, LLMBackend
@@ -102,7 +103,7 @@ class _NonFinite:
 
 
 def _snippet(text: str) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(redact(text).split())
     return repr(flat if len(flat) <= _SNIPPET else flat[:_SNIPPET] + "...")
 
 
@@ -316,7 +317,7 @@ def request_weights(
         outcome = outcomes[i]
         if isinstance(result, BaseException):
             outcome.failed = result
-            outcome.errors.append(f"backend error: {result}")
+            outcome.errors.append(f"backend error: {redact(result)}")
             continue
         _add_usage(outcome, result, first=True)
         rejected = _validate_result(request, result, "", outcome)
@@ -334,7 +335,7 @@ def request_weights(
             outcome.retried = True
             if isinstance(result, BaseException):
                 outcome.failed = result
-                outcome.errors.append(f"re-ask: backend error: {result}")
+                outcome.errors.append(f"re-ask: backend error: {redact(result)}")
                 continue
             _add_usage(outcome, result, first=False)
             _validate_result(request, result, "re-ask ", outcome)

@@ -24,15 +24,18 @@ import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmhyper_feast.backends.embedders.base import local_path_from_uri
 from llmhyper_feast.errors import ConfigError, DataError
-from llmhyper_feast.features import Ad, FeatureDefinition, FeatureSchema, Neighbour
+from llmhyper_feast.features import Ad, FeatureDefinition, FeatureSchema, Neighbour, clean_text
 
 PROMPT_VERSION = "v1"
+MAX_IMAGE_BYTES = 5_000_000
 
 #: String fields the reasoning variant asks for, in order, before "weights".
 REASONING_FIELDS: tuple[str, ...] = ("analysis", "alignment", "key_factors", "summary")
@@ -84,7 +87,7 @@ _NO_EXAMPLES = (
 
 
 def _clean(text: str) -> str:
-    return " ".join(str(text).split())
+    return " ".join(clean_text(str(text)).split())
 
 
 def _num(x: float) -> str:
@@ -244,24 +247,120 @@ def feature_batches(schema: FeatureSchema, batch_size: int | None) -> list[list[
     return [features[i : i + batch_size] for i in range(0, len(features), batch_size)]
 
 
-def image_to_data_url(path: str | os.PathLike[str]) -> str:
-    """Read a PNG or JPEG file (local path or file:// URI) into a base64 ``data:`` URL."""
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Which ad images may be read and sent.
+
+    Only regular files whose real path (symlinks followed) lies under one of ``roots`` and
+    that hold at most ``max_bytes`` are read; relative paths are relative to ``base``. http(s)
+    URIs are passed to the LLM as they are when ``allow_remote``, else rejected.
+    """
+
+    roots: tuple[Path, ...]
+    base: Path | None = None
+    max_bytes: int = MAX_IMAGE_BYTES
+    allow_remote: bool = False
+
+    @classmethod
+    def for_repo(
+        cls,
+        repo: str | os.PathLike[str],
+        roots: Sequence[str | os.PathLike[str]] = (),
+        *,
+        max_bytes: int = MAX_IMAGE_BYTES,
+        allow_remote: bool = False,
+    ) -> ImagePolicy:
+        """The policy of a repo: ``roots`` relative to it, or its data folder when none are given."""
+        base = Path(repo).resolve()
+        folders = [Path(r).expanduser() for r in roots] or [base / "data"]
+        return cls(
+            tuple((f if f.is_absolute() else base / f).resolve() for f in folders), base, max_bytes, allow_remote
+        )
+
+    def image_url(self, uri: str | os.PathLike[str]) -> str:
+        """The URL to send for ``uri``: a ``data:`` URL of the local file, or the allowed remote URL.
+
+        Raises DataError saying why the image cannot be sent.
+        """
+        text = os.fspath(uri)
+        if isinstance(text, str) and text.lower().startswith(("http://", "https://")):
+            if not self.allow_remote:
+                raise DataError(
+                    f"The ad image {_shown(text)} is a remote URL; remote images are not sent unless "
+                    "inputs.allow_remote_images is true (or download the image under the repo's data folder)."
+                )
+            return text
+        path = Path(text) if isinstance(uri, os.PathLike) else local_path_from_uri(text)
+        if self.base is not None and not path.is_absolute():
+            path = self.base / path
+        return image_to_data_url(path, roots=self.roots, max_bytes=self.max_bytes)
+
+
+def _shown(path: object) -> str:
+    """A path for an error message: quoted, control characters escaped, at most 200 characters."""
+    text = repr(str(path))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _read_regular_file(path: Path, roots: Sequence[Path] | None, max_bytes: int) -> bytes:
+    """The bytes of ``path`` after the policy checks (real path under ``roots``, regular file, size)."""
     try:
-        local = local_path_from_uri(path if isinstance(path, (str, Path)) else Path(path))
-        data = local.read_bytes()
+        real = path.resolve(strict=True)  # follows every symlink
+    except (OSError, RuntimeError) as exc:
+        raise DataError(
+            f"Could not read the ad image {_shown(path)}: {exc}. Expected a readable PNG or JPEG file."
+        ) from None
+    if roots is not None and not any(real.is_relative_to(r) for r in roots):
+        raise DataError(
+            f"The ad image {_shown(path)} resolves to {_shown(real)}, outside the allowed image folders "
+            f"{[str(r) for r in roots]}. Move it under the repo's data folder or add its folder to inputs.image_roots."
+        )
+    try:
+        if not stat.S_ISREG(os.stat(real).st_mode):  # a FIFO or device would block or never end
+            raise DataError(
+                f"The ad image {_shown(path)} is not a regular file. Point image_uri at a PNG or JPEG file."
+            )
+        # O_NONBLOCK: should a FIFO replace the file after the check, open() does not wait for a writer
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise DataError(
+                    f"The ad image {_shown(path)} is not a regular file. Point image_uri at a PNG or JPEG file."
+                )
+            if st.st_size > max_bytes:
+                raise DataError(
+                    f"The ad image {_shown(path)} has {st.st_size} bytes, more than the {max_bytes} allowed. "
+                    "Shrink it or raise inputs.max_image_bytes."
+                )
+            data = fh.read(max_bytes + 1)
     except OSError as exc:
         raise DataError(
-            f"Could not read the ad image {str(path)!r}: {exc}. Expected a readable PNG or JPEG file."
-        ) from exc
+            f"Could not read the ad image {_shown(path)}: {exc}. Expected a readable PNG or JPEG file."
+        ) from None
+    if len(data) > max_bytes:  # the file grew after fstat
+        raise DataError(
+            f"The ad image {_shown(path)} has more than {max_bytes} bytes. Shrink it or raise inputs.max_image_bytes."
+        )
+    return data
+
+
+def image_to_data_url(
+    path: str | os.PathLike[str], *, roots: Sequence[Path] | None = None, max_bytes: int = MAX_IMAGE_BYTES
+) -> str:
+    """Read a PNG or JPEG file (local path or file:// URI) into a base64 ``data:`` URL.
+
+    Only a regular file of at most ``max_bytes`` is read, and, when ``roots`` is given, only
+    one whose real path lies under one of them. Errors never quote the file's content.
+    """
+    local = local_path_from_uri(path if isinstance(path, (str, Path)) else Path(path))
+    data = _read_regular_file(local, roots, max_bytes)
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         mime = "image/png"
     elif data.startswith(b"\xff\xd8\xff"):
         mime = "image/jpeg"
     else:
-        raise DataError(
-            f"The ad image {str(path)!r} is not a PNG or JPEG file (first bytes {data[:8]!r}). "
-            "Convert it to PNG or JPEG."
-        )
+        raise DataError(f"The ad image {_shown(path)} is not a PNG or JPEG file. Convert it to PNG or JPEG.")
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 

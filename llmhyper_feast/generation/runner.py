@@ -29,14 +29,15 @@ from llmhyper_feast.generation.answers import request_weights
 from llmhyper_feast.generation.priors import WeightPrior
 from llmhyper_feast.generation.prompts import (
     PROMPT_VERSION,
+    ImagePolicy,
     build_messages,
     feature_batches,
-    image_to_data_url,
     prompt_hash,
 )
 from llmhyper_feast.generation.retrieval import WarmIndex
 from llmhyper_feast.generation.staleness import input_hash
 from llmhyper_feast.store.files import atomic_write
+from llmhyper_feast.store.redact import redact
 
 MIN_NEIGHBOURS = 5  # retrieved even for 0-shot prompts: the prior and alpha need them
 
@@ -52,6 +53,7 @@ class GenerationInputs:
     backend: LLMBackend | None  # None: the prior alone writes the weights
     config: GenerationConfig
     prior: WeightPrior
+    images: ImagePolicy | None = None  # which images may be sent; None: no local image is read
 
     @property
     def source_id(self) -> str:
@@ -76,18 +78,18 @@ def retrieve(
     return [[Neighbour(inputs.warm[i], s) for i, s in row if i in inputs.warm] for row in hits]
 
 
-def _image_url(ad: Ad) -> tuple[str | None, str]:
+def _image_url(ad: Ad, policy: ImagePolicy | None) -> tuple[str | None, str]:
     if not ad.image_uri:
         return None, "no image_uri"
     try:
-        return image_to_data_url(ad.image_uri), ""
+        return (policy or ImagePolicy(roots=())).image_url(ad.image_uri), ""
     except (DataError, OSError, ValueError) as exc:
         return None, f"image unreadable, text only: {exc}"
 
 
 def _requests_for(ad: Ad, neighbours: list[Neighbour], inputs: GenerationInputs) -> tuple[list[ChatRequest], str]:
     cfg = inputs.config
-    image, note = _image_url(ad) if cfg.send_image else (None, "")
+    image, note = _image_url(ad, inputs.images) if cfg.send_image else (None, "")
     requests = []
     for batch in feature_batches(inputs.schema, cfg.batch_size):
         messages = build_messages(
@@ -147,7 +149,7 @@ def _row(
         "neighbour_ctrs": [float(nb.warm.mean_ctr) for nb in neighbours],
         "neighbour_norms": [float(np.linalg.norm(nb.warm.weights)) for nb in neighbours],
         "origin": origin,
-        "fallback_reason": reason,
+        "fallback_reason": redact(reason),
         "generated_at": datetime.now(UTC),
         **usage,
     }
@@ -190,7 +192,7 @@ def _assemble(
         "samples": min(samples_used) if samples_used and not failures else 0,
         # a backend failure (auth, network, timeout) is retried by the next run; invalid answers are not
         "backend_error": any(isinstance(o.failed, BackendError) for o in outcomes),
-        "image_note": note,
+        "image_note": redact(note),
     }
     origin = "fallback" if failures else "llm"
     return _row(ad, neighbours, inputs, run_id, prior, weights, std, raw, origin, "; ".join(failures), usage)
@@ -253,7 +255,7 @@ def generate_rows(
         all_rows.extend(rows)
         bar.update(len(chunk))
         if fatal is not None:
-            stopped = f"stopped after {len(all_rows)} of {len(ads)} ads: {fatal}"
+            stopped = redact(f"stopped after {len(all_rows)} of {len(ads)} ads: {fatal}")
             break
     else:
         stopped = ""

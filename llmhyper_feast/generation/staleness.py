@@ -35,7 +35,7 @@ State = Literal["warm", "cold-current", "cold-stale", "cold-missing"]
 
 def input_hash(ad: Ad, schema: FeatureSchema, source_id: str, config: GenerationConfig) -> str:
     """Hash of what decides an ad's generated weights: content, features, prompt, model, options."""
-    opts = config.model_dump(exclude={"concurrency"})
+    opts = config.model_dump(exclude={"concurrency", "allow_fallback"})
     payload = json.dumps(
         [ad.ad_id, ad.title, ad.caption, ad.image_uri, schema.hash, PROMPT_VERSION, source_id, opts], sort_keys=True
     )
@@ -58,10 +58,11 @@ class AdState:
     needs_generation: bool  # no usable generation for the current inputs
     log_row: dict[str, Any] | None  # the generation to serve, when one exists
     version: str = ""  # weights version of ``log_row`` under the current calibration
+    held: bool = False  # stored LLM weights kept although the current generation only holds the prior
 
     @property
     def needs_write(self) -> bool:
-        return self.state in ("cold-missing", "cold-stale") and self.log_row is not None
+        return self.state in ("cold-missing", "cold-stale") and self.log_row is not None and not self.held
 
 
 def usable_log_rows(log: pd.DataFrame, current: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -131,5 +132,17 @@ def assess(
             state, why = "cold-current", f"{stored_row['origin']} weights from {stored_row['llm_model']}"
             if errored:
                 why += " (backend error: the prior is served until a run reaches the backend)"
-        out[ad.ad_id] = AdState(ad.ad_id, state, why, needs_generation(row), row, version)
+        held = (
+            errored
+            and state == "cold-stale"
+            and stored_row is not None
+            and stored_row.get("origin") == "llm"
+            and not generation.allow_fallback
+        )
+        if held:
+            why += (
+                "; the backend failed, so the stored LLM weights stay until a run reaches it "
+                "(--allow-fallback serves the prior instead)"
+            )
+        out[ad.ad_id] = AdState(ad.ad_id, state, why, needs_generation(row), row, version, held)
     return out

@@ -13,6 +13,7 @@ from llmhyper_feast.errors import DataError
 from llmhyper_feast.features import FeatureSchema, WarmAd
 from llmhyper_feast.store import feast_adapter as fa
 from llmhyper_feast.store.layout import RepoLayout
+from llmhyper_feast.store.lock import locked
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -64,6 +65,7 @@ def build_index(
     """Embed the warm ads (reusing the saved index when nothing changed) and return generation inputs."""
     from llmhyper_feast.backends.embedders import get_embedder
     from llmhyper_feast.generation.priors import get_prior
+    from llmhyper_feast.generation.prompts import ImagePolicy
     from llmhyper_feast.generation.retrieval import WarmIndex
     from llmhyper_feast.generation.runner import GenerationInputs
 
@@ -74,8 +76,14 @@ def build_index(
     embedder = get_embedder(settings.embedder.name, settings.embedder.options)
     prior = get_prior(settings.prior.name, settings.prior.options)
     index = WarmIndex.load_or_build(layout.warm_index, [w.ad for w in warm.values()], embedder, progress=progress)
+    images = ImagePolicy.for_repo(
+        layout.root,
+        settings.inputs.image_roots,
+        max_bytes=settings.inputs.max_image_bytes,
+        allow_remote=settings.inputs.allow_remote_images,
+    )
     return store, GenerationInputs(
-        schema, warm, index, embedder, make_backend(layout.root, settings), settings.generation, prior
+        schema, warm, index, embedder, make_backend(layout.root, settings), settings.generation, prior, images
     )
 
 
@@ -107,6 +115,7 @@ def assess_ads(
     return ads_df, states
 
 
+@locked("generate")
 def generate(
     repo: str | Path, settings: Settings, *, ad_ids: list[str] | None = None, force: bool = False, progress: bool = True
 ) -> pd.DataFrame:

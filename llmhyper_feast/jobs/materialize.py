@@ -12,6 +12,7 @@ from llmhyper_feast.jobs.generate import assess_ads, generate, source_id
 from llmhyper_feast.jobs.train import load_lr_cold
 from llmhyper_feast.store import feast_adapter as fa
 from llmhyper_feast.store.layout import RepoLayout
+from llmhyper_feast.store.lock import locked
 
 
 @dataclass
@@ -23,15 +24,20 @@ class MaterializeReport:
     stopped: str = ""
 
 
+@locked("materialize")
 def materialize(
     repo: str | Path, settings: Settings, *, force: bool = False, progress: bool = True
 ) -> MaterializeReport:
-    """Generate what is missing or stale, calibrate it and write it to the generated weights view."""
+    """Generate what is missing or stale, calibrate it and write it to the generated weights view.
+
+    Holds the repo lock; first finishes any write a killed run left half done.
+    """
     from llmhyper_feast.calibration.rows import generated_rows
     from llmhyper_feast.evaluation import backtest
     from llmhyper_feast.store.weights import next_timestamp
 
     layout = RepoLayout.of(repo)
+    fa.finish_pending_writes(fa.open_store(layout.root))
     decision, blend = backtest.gate_decision(
         settings.gate, backtest.load(layout.backtest), source_id(layout.root, settings)
     )
@@ -68,12 +74,47 @@ def materialize(
 
 
 def status(repo: str | Path, settings: Settings) -> pd.DataFrame:
-    """One row per ad: warm, cold-current, cold-stale or cold-missing, with the reason."""
-    store = fa.open_store(repo)
-    ads_df, states = assess_ads(repo, settings, store)
-    return pd.DataFrame(
-        [
-            {"ad_id": a, "status": st, "state": states[a].state, "reason": states[a].reason}
-            for a, st in zip(ads_df["ad_id"], ads_df["status"])
-        ]
-    )
+    """One row per ad: warm, cold-current, cold-stale or cold-missing, with the reason.
+
+    A cold ad current offline whose online row is absent is ``online-missing``; one whose online
+    row holds another weights version is ``online-stale``. ``attrs["hint"]`` says which command
+    fixes the states found (empty when every ad is served as stored).
+    """
+    from llmhyper_feast.errors import StoreUnavailableError
+    from llmhyper_feast.store.online import get_ad_weights
+
+    root = RepoLayout.of(repo).root
+    store = fa.open_store(root)
+    schema = fa.read_feature_schema(store)
+    ads_df, states = assess_ads(root, settings, store, schema=schema)
+    rows = {
+        a: {"ad_id": a, "status": st, "state": states[a].state, "reason": states[a].reason}
+        for a, st in zip(ads_df["ad_id"], ads_df["status"])
+    }
+    unusable = ""
+    current = [a for a, r in rows.items() if r["state"] == "cold-current"]
+    if current:
+        try:
+            online = get_ad_weights(store, current, schema)  # one batched lookup
+        except StoreUnavailableError as exc:
+            unusable = str(exc)
+            for a in current:
+                rows[a].update(state="online-missing", reason="the online store is unusable")
+        else:
+            for a, meta in zip(current, online.meta):
+                got, want = meta.get("weights_version"), states[a].version
+                if got is None:
+                    rows[a].update(state="online-missing", reason=f"weights {want} are stored offline but not online")
+                elif got != want:
+                    rows[a].update(state="online-stale", reason=f"online serves weights {got}, offline holds {want}")
+    table = pd.DataFrame(list(rows.values()), columns=["ad_id", "status", "state", "reason"])
+    found = set(table["state"])
+    hints = []
+    if found & {"cold-missing", "cold-stale"}:
+        hints.append(f"`llmhyper materialize --repo {root}` writes the cold-missing/cold-stale ads")
+    if unusable:
+        hints.append(unusable)
+    elif found & {"online-missing", "online-stale"}:
+        hints.append(f"`llmhyper repair --repo {root}` reloads the online store from the offline history")
+    table.attrs["hint"] = "; ".join(hints)
+    return table

@@ -12,6 +12,7 @@ from llmhyper_feast.config import Settings
 from llmhyper_feast.errors import DataError
 from llmhyper_feast.store import feast_adapter as fa
 from llmhyper_feast.store.layout import RepoLayout
+from llmhyper_feast.store.lock import locked
 from llmhyper_feast.training.warm import LRCold, lr_cold, train_warm_models
 
 
@@ -33,6 +34,7 @@ def read_impressions(repo: str | Path, override: str | Path | None = None) -> pd
     return pd.read_parquet(path)
 
 
+@locked("train-warm")
 def train_warm(
     repo: str | Path,
     settings: Settings,
@@ -45,9 +47,11 @@ def train_warm(
     """Train warm models for retired ads (or ``ad_ids``), write them to Feast, refresh LR_cold.
 
     ``handoff`` also trains every cold ad with at least ``warm.min_impressions`` impressions.
+    Holds the repo lock; first finishes any write a killed run left half done.
     """
     layout = RepoLayout.of(repo)
     store = fa.open_store(layout.root)
+    fa.finish_pending_writes(store)
     schema = fa.read_feature_schema(store)
     impressions = read_impressions(layout.root, impressions_path)
     if ad_ids is None:

@@ -19,6 +19,7 @@ from llmhyper_feast import __version__
 from llmhyper_feast.errors import DataError, ExportError
 from llmhyper_feast.features import AdModels
 from llmhyper_feast.store import feast_adapter as fa
+from llmhyper_feast.store.lock import locked
 from llmhyper_feast.store.weights import resolve_weights
 
 __all__ = ["PRODUCER_NAME", "build_model_set", "export_repo"]
@@ -92,6 +93,7 @@ def _changed_ads(models: AdModelSet, previous: Manifest, layout: str, per_ad: bo
     ]
 
 
+@locked("export")
 def export_repo(
     repo: str | Path,
     out_dir: str | Path,
@@ -109,7 +111,9 @@ def export_repo(
     models of ads that are new or whose weights/metadata changed since the export already
     in ``out_dir``; without a compatible previous export it does a full export. Same inputs
     give byte-identical files. ``manifest.written`` lists the files this call wrote.
+    Holds the repo lock; first finishes any Feast write a killed run left half done.
     """
+    fa.finish_pending_writes(fa.open_store(repo))
     models, _ = build_model_set(repo)
     out = Path(out_dir)
     only_ads: list[str] | None = None

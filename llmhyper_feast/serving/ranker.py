@@ -9,6 +9,11 @@ is unknown: :class:`UnknownUserError` by default, or, with
 
 A newer export in ``model_dir`` (its ``manifest.json`` changed) is loaded in a background
 thread and swapped in atomically, so requests never wait for or fail during a reload.
+
+A missing, corrupt or unreachable online store makes every lookup raise
+:class:`~llmhyper_feast.errors.StoreUnavailableError` (HTTP 503, naming ``llmhyper repair``);
+:meth:`Ranker.health` probes the store. When the SQLite online file is replaced (``llmhyper
+repair`` recreated it), the ranker reopens the store instead of reading the old file.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from llmhyper_feast.errors import (
     FeatureRepoError,
     InputError,
     StaleExportError,
+    StoreUnavailableError,
     UnknownAdError,
     UnknownUserError,
 )
@@ -139,6 +145,8 @@ class Ranker:
         self.unknown_user, self.feature_service = unknown_user, feature_service
         self.reload_interval = reload_interval
         self.store: FeatureStore = fa.open_store(repo)
+        self._online_file = fa.online_store_path(self.store)
+        self._online_stamp = self._file_identity()
         self._lock = threading.Lock()  # held while a reload builds its model
         self._next_check = 0.0
         self.reloads = 0
@@ -216,8 +224,7 @@ class Ranker:
         session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
         refs, join_key = self._user_refs(schema)
         _, users = fa.read_user_matrix(self.store, schema, sample=POPULATION_SAMPLE, seed=0)
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(users, axis=0)
+        mean = fa.finite_population_mean(users, schema.names)
         return _Model(
             manifest=manifest,
             version=hashlib.sha256(raw).hexdigest()[:16],
@@ -257,10 +264,45 @@ class Ranker:
             logger.info("Loaded export %s from %s", model.version, self.model_dir)
             return True
 
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the SQLite online file; None when absent or not SQLite."""
+        if self._online_file is None:
+            return None
+        try:
+            st = os.stat(self._online_file)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _refresh_store(self) -> None:
+        """Reopen the Feast store when its SQLite file was deleted or replaced.
+
+        An open SQLite connection keeps reading a deleted or renamed file: without this a running
+        service would never see the store that ``llmhyper repair`` rebuilt.
+        """
+        stamp = self._file_identity()
+        if self._online_file is None or stamp == self._online_stamp:
+            return
+        self.store = fa.open_store(self.repo)  # one reference assignment, like a model reload
+        self._online_stamp = stamp
+
+    def store_error(self) -> str | None:
+        """Why the online store cannot serve the loaded model's user features (None when it can)."""
+        from llmhyper_feast.store.online import check_online
+
+        self._refresh_store()
+        m = self._model
+        try:
+            check_online(self.store, m.refs, m.join_key)
+        except StoreUnavailableError as exc:
+            return str(exc)
+        return None
+
     def _maybe_reload(self) -> None:
         if self.reload_interval is None or time.monotonic() < self._next_check:
             return
         self._next_check = time.monotonic() + self.reload_interval
+        self._refresh_store()
         try:
             stamp = _stamp(self.model_dir / MANIFEST_NAME)
         except OSError:
@@ -289,10 +331,13 @@ class Ranker:
         return self._model.population_mean
 
     def health(self) -> dict[str, Any]:
-        """What is loaded: model version, ad and feature counts, feature hash, reload state."""
+        """What is loaded (model version, ad and feature counts, feature hash, reload state) and
+        whether the online store is usable: ``status`` is "ok" or "unavailable" (see ``store_error``)."""
         m = self._model
+        store_error = self.store_error()
         return {
-            "status": "ok",
+            "status": "ok" if store_error is None else "unavailable",
+            "store_error": store_error,
             "model_version": m.version,
             "n_ads": len(m.column),
             "n_features": len(m.names),
@@ -316,8 +361,8 @@ class Ranker:
         data = fa.get_online(self.store, list(m.refs), [{m.join_key: u} for u in user_ids])
         cols = [[np.nan if v is None else v for v in data[n]] for n in m.names]
         x = np.ascontiguousarray(np.array(cols, np.float32).reshape(len(m.names), len(user_ids)).T)
-        missing = np.isnan(x)
-        found: np.ndarray = np.asarray(~missing.all(axis=1))
+        missing = ~np.isfinite(x)  # absent (NaN) or non-finite values are imputed with the finite population mean
+        found: np.ndarray = np.asarray(~np.isnan(x).all(axis=1))
         x = np.where(missing, m.population_mean, x)
         return x, found, missing & found[:, None]
 

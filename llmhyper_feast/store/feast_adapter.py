@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,32 +17,72 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from llmhyper_feast.errors import DataError, FeatureRepoError
-from llmhyper_feast.features import Ad, FeatureDefinition, FeatureSchema
+from llmhyper_feast.errors import DataError, FeatureRepoError, StoreUnavailableError
+from llmhyper_feast.features import Ad, FeatureDefinition, FeatureSchema, clean_text
 from llmhyper_feast.store.layout import check_repo
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from llmhyper_feast.config import InputsConfig
 
 ROLE_TAG = "llmhyper.role"
 ORDER_TAG = "llmhyper.order"
 USER_ROLE, AD_CONTENT_ROLE = "user_features", "ad_content"
 WARM_ROLE, GENERATED_ROLE = "warm_weights", "generated_weights"
 NUMERIC_DTYPES = {"Float32", "Float64", "Int32", "Int64", "Bool"}
+_log = logging.getLogger(__name__)
 
 
 def open_store(repo: str | Path) -> FeatureStore:
-    """Open the Feast store of ``repo``."""
+    """Open the Feast store of ``repo`` (raises when the repo was never applied)."""
     path = check_repo(repo)
+    registry = local_registry_path(path)
+    if registry is not None and not registry.exists():
+        raise FeatureRepoError(
+            f"The repo {path} has not been applied: its registry {registry} does not exist. "
+            f"Run `llmhyper apply --repo {repo}` (or `llmhyper demo data --repo {repo}` for the demo world)."
+        )
     os.environ.setdefault("FEAST_USAGE", "False")
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(path))
 
 
-def apply_repo(repo: str | Path) -> str:
-    """Run ``feast apply`` on ``repo`` in a subprocess (fresh imports of the definitions)."""
+def local_registry_path(repo: Path) -> Path | None:
+    """The file registry named by ``feature_store.yaml`` (None for SQL, remote or object-store registries)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((repo / "feature_store.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise FeatureRepoError(f"{repo / 'feature_store.yaml'} cannot be read: {exc}. Fix the file.") from None
+    entry = config.get("registry", "data/registry.db") if isinstance(config, dict) else None
+    if isinstance(entry, dict):
+        if entry.get("registry_type", "file") != "file":
+            return None
+        entry = entry.get("path")
+    if not isinstance(entry, str) or "://" in entry:
+        return None
+    registry = Path(entry)
+    return registry if registry.is_absolute() else repo / registry
+
+
+def apply_repo(repo: str | Path, *, rebuild_registry: bool = False) -> str:
+    """Run ``feast apply`` on ``repo`` in a subprocess (fresh imports of the definitions).
+
+    Refuses a registry copied from another repo (applying it would drop that repo's online
+    tables); ``rebuild_registry`` sets the registry aside first and applies a fresh one.
+    """
+    from llmhyper_feast.store import guard
+
     path = check_repo(repo)
+    note = ""
+    if rebuild_registry:
+        moved = guard.set_aside_registry(path)
+        note = f"registry set aside as {moved}; applying a fresh one\n" if moved else ""
+    else:
+        guard.check_registry_is_own(path)
     env = {**os.environ, "FEAST_USAGE": "False"}
     cmd = [sys.executable, "-c", "from feast.cli.cli import cli; cli()", "apply"]
     proc = subprocess.run(cmd, cwd=path, env=env, capture_output=True, text=True)
@@ -49,7 +90,7 @@ def apply_repo(repo: str | Path) -> str:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise FeatureRepoError(f"`feast apply` failed in {path}:\n{tail}")
     ensure_sources(open_store(path))
-    return proc.stdout
+    return note + proc.stdout
 
 
 def _views_with_role(store: FeatureStore, role: str) -> list[Any]:
@@ -127,30 +168,77 @@ def _arrow_type(dtype: Any) -> Any:
     raise FeatureRepoError(f"Unsupported field type {name} in an llmhyper view.")
 
 
+def _source_schema(fv: Any) -> Any:
+    """The arrow schema of a weights view's parquet source: join keys, features, event_timestamp."""
+    import pyarrow as pa
+
+    fields = [pa.field(k, pa.string()) for k in fv.join_keys]
+    fields += [pa.field(f.name, _arrow_type(f.dtype)) for f in fv.features]
+    fields.append(pa.field("event_timestamp", pa.timestamp("us", tz="UTC")))
+    return pa.schema(fields)
+
+
+def _write_parquet(table: Any, path: str) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path)
+
+
 def ensure_sources(store: FeatureStore) -> None:
     """Create empty parquet sources for the weights views so that appends have a schema."""
+    import functools
+
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from llmhyper_feast.store.files import atomic_write
 
     for role in (WARM_ROLE, GENERATED_ROLE):
         for fv in _views_with_role(store, role):
             path = _source_path(store, fv)
             if path.exists():
                 continue
-            fields = [pa.field(k, pa.string()) for k in fv.join_keys]
-            fields += [pa.field(f.name, _arrow_type(f.dtype)) for f in fv.features]
-            fields.append(pa.field("event_timestamp", pa.timestamp("us", tz="UTC")))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.Table.from_pylist([], schema=pa.schema(fields)), path)
+            empty = pa.Table.from_pylist([], schema=_source_schema(fv))
+            atomic_write(path, functools.partial(_write_parquet, empty))
+
+
+def _unreadable_source(store: FeatureStore, fv: Any, path: Path, exc: BaseException) -> DataError:
+    """The error for a parquet source that cannot be read, naming the file and how to recover."""
+    import pyarrow.parquet as pq
+
+    from llmhyper_feast.store.layout import backup_of
+
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    backup = backup_of(path)
+    try:
+        pq.read_metadata(backup)
+        fix = f"restore the version kept by the last write with `cp {backup} {path}`, then re-run"
+    except Exception:  # no usable backup: fall back to starting a new history
+        root = Path(store.repo_path).resolve()
+        rebuild = {WARM_ROLE: "llmhyper train-warm", GENERATED_ROLE: "llmhyper materialize"}.get(
+            fv.tags.get(ROLE_TAG, "")
+        )
+        if rebuild:
+            fix = (
+                f"move it aside and start a new history with `mv {path} {path}.corrupt && llmhyper apply --repo "
+                f"{root} && {rebuild} --repo {root}` (earlier history rows are lost)"
+            )
+        else:
+            fix = "restore it from whatever produced it, then re-run"
+    return DataError(f"The offline source of '{fv.name}' at {path} is unreadable ({reason}): {fix}.")
 
 
 def read_latest(store: FeatureStore, view_name: str) -> pd.DataFrame:
-    """Latest row per entity of a view's offline (parquet) source."""
+    """Latest row per entity of a view's offline (parquet) source; DataError when the file is unreadable."""
+    import pyarrow as pa
+
     fv = store.get_feature_view(view_name)
     path = _source_path(store, fv)
     if not path.exists():
         return pd.DataFrame(columns=[*fv.join_keys, *(f.name for f in fv.features), "event_timestamp"])
-    df = pd.read_parquet(path)
+    try:
+        df = pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable_source(store, fv, path, exc) from exc
     if df.empty:
         return df
     return (
@@ -160,16 +248,48 @@ def read_latest(store: FeatureStore, view_name: str) -> pd.DataFrame:
     )
 
 
-def read_ads(store: FeatureStore, status: str | None = None) -> tuple[list[Ad], pd.DataFrame]:
-    """Ads from the ad content view (optionally only one status), validated."""
+def read_ads(
+    store: FeatureStore, status: str | None = None, *, inputs: InputsConfig | None = None
+) -> tuple[list[Ad], pd.DataFrame]:
+    """Ads from the ad content view (optionally only one status), validated and cleaned.
+
+    Titles and captions lose their control characters (newlines and tabs become spaces) and
+    are cut to ``inputs.max_title_chars`` / ``max_caption_chars`` (``inputs`` None: the repo's
+    settings); the returned frame holds the cleaned texts and ``attrs["text_cleaning"]`` counts.
+    """
+    limits = inputs if inputs is not None else _repo_inputs(store)
     df = read_latest(store, view_for_role(store, AD_CONTENT_ROLE).name)
     if status is not None:
         df = df[df["status"] == status]
-    bad = df[df["title"].fillna("").str.strip() == ""]
-    if len(bad):
+    df = df.reset_index(drop=True)
+    titles, cut_titles, dirty_titles = _clean_column(df["title"], limits.max_title_chars)
+    captions, cut_captions, dirty_captions = (
+        _clean_column(df["caption"], limits.max_caption_chars) if "caption" in df else ([], 0, 0)
+    )
+    empty = [i for i, t in enumerate(titles) if not t.strip()]
+    if empty:
         raise DataError(
-            f"{len(bad)} ad(s) have no title (e.g. {bad['ad_id'].iloc[0]}). Every ad needs a title/message: "
-            "fill the 'title' column of the ad content source and re-run."
+            f"{len(empty)} ad(s) have no title (e.g. {df['ad_id'].iloc[empty[0]]}; control characters do not "
+            "count). Every ad needs a title/message: fill the 'title' column of the ad content source and re-run."
+        )
+    df["title"] = titles
+    if "caption" in df:
+        df["caption"] = captions
+    counts = {
+        "titles_cut": cut_titles,
+        "captions_cut": cut_captions,
+        "control_characters_removed": dirty_titles + dirty_captions,
+    }
+    df.attrs["text_cleaning"] = counts
+    if cut_titles or cut_captions or dirty_titles or dirty_captions:
+        _log.warning(
+            "Ad content: cut %d title(s) to %d characters and %d caption(s) to %d characters (inputs.max_title_chars, "
+            "inputs.max_caption_chars); removed control characters from %d text(s).",
+            cut_titles,
+            limits.max_title_chars,
+            cut_captions,
+            limits.max_caption_chars,
+            dirty_titles + dirty_captions,
         )
     ads = [
         Ad(
@@ -180,7 +300,7 @@ def read_ads(store: FeatureStore, status: str | None = None) -> tuple[list[Ad], 
         )
         for r in df.itertuples()
     ]
-    return ads, df.reset_index(drop=True)
+    return ads, df
 
 
 def read_user_matrix(
@@ -190,8 +310,16 @@ def read_user_matrix(
     user_ids: Iterable[str] | None = None,
     sample: int | None = None,
     seed: int = 0,
+    inputs: InputsConfig | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """User ids and their features (float64 [users, n], schema order) from the offline store."""
+    """User ids and their features (float64 [users, n], schema order, always finite) from the offline store.
+
+    Missing and non-finite values (NaN, inf) are replaced by the feature's mean over the
+    finite values of every stored user (see :func:`impute_non_finite`); a feature with no
+    finite value, or with more than ``inputs.max_missing_share`` of its values missing, raises
+    DataError. ``inputs`` None: the repo's settings.
+    """
+    limits = inputs if inputs is not None else _repo_inputs(store)
     frames = []
     for view_name in dict.fromkeys(f.view for f in schema.features):
         fv = store.get_feature_view(view_name)
@@ -199,17 +327,223 @@ def read_user_matrix(
         df = read_latest(store, view_name)
         frames.append(df.set_index(fv.join_keys[0])[cols])
     joined = pd.concat(frames, axis=1, join="inner")
-    if user_ids is not None:
-        joined = joined.reindex(list(user_ids))
-    elif sample is not None and sample < len(joined):
-        joined = joined.sample(n=sample, random_state=seed)
     if joined.empty:
         raise DataError("No users found in the offline store for the user feature views. Load user features first.")
-    return joined.index.to_numpy(), joined[schema.names].to_numpy(np.float64)
+    population = joined[schema.names].to_numpy(np.float64)
+    mean = finite_population_mean(population, schema.names)
+    check_missing_share(population, schema.names, limits.max_missing_share)
+    if user_ids is not None:
+        wanted = list(user_ids)
+        unknown = [u for u in wanted if u not in joined.index]
+        if unknown:
+            raise DataError(
+                f"{len(unknown)} user id(s) have no rows in the user feature views (e.g. {unknown[:5]}). "
+                "Load their features or leave them out."
+            )
+        joined = joined.loc[wanted]
+    elif sample is not None and sample < len(joined):
+        joined = joined.sample(n=sample, random_state=seed)
+    users, counts = impute_non_finite(joined[schema.names].to_numpy(np.float64), mean)
+    if counts.any():
+        imputed = {n: int(c) for n, c in zip(schema.names, counts) if c}
+        _log.warning(
+            "Imputed %d missing or non-finite user feature value(s) with the feature's finite population mean: %s",
+            int(counts.sum()),
+            dict(list(imputed.items())[:10]),
+        )
+    return joined.index.to_numpy(), users
+
+
+def _repo_inputs(store: FeatureStore) -> InputsConfig:
+    from llmhyper_feast.config import load_settings
+
+    return load_settings(store.repo_path).inputs
+
+
+def _clean_column(values: pd.Series, max_chars: int) -> tuple[list[str], int, int]:
+    """(cleaned texts, how many were cut, how many held control characters); non-strings become ""."""
+    out, cut, dirty = [], 0, 0
+    for value in values:
+        text = value if isinstance(value, str) else ""
+        clean = clean_text(text)
+        dirty += clean != text
+        if len(clean) > max_chars:
+            clean, cut = clean[:max_chars].rstrip(), cut + 1
+        out.append(clean)
+    return out, cut, dirty
+
+
+def finite_population_mean(matrix: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
+    """Per-column mean of the finite values of ``matrix`` [users, n]: NaN and inf are ignored, never returned.
+
+    Raises DataError naming the column(s) that have no finite value or whose mean overflows.
+    """
+    x = np.asarray(matrix, np.float64)
+    if x.ndim != 2:
+        raise DataError(f"A user feature matrix must be 2-D [users, features]. Got shape {x.shape} instead.")
+    finite = np.isfinite(x)
+    labels = list(names) if names is not None else [f"column {j}" for j in range(x.shape[1])]
+    empty = [labels[j] for j in np.flatnonzero(~finite.any(axis=0))]
+    if empty:
+        raise DataError(
+            f"User feature(s) {empty[:10]} have no finite value (all missing, NaN or inf); no value can be imputed. "
+            "Fix those columns in the user feature source, or remove the features from the tagged views and run "
+            "`feast apply`."
+        )
+    count = finite.sum(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        # dividing first keeps the sum of huge finite values finite
+        mean = np.where(finite, x / np.maximum(count, 1), 0.0).sum(axis=0)
+    overflow = [labels[j] for j in np.flatnonzero(~np.isfinite(mean))]
+    if overflow:
+        raise DataError(
+            f"User feature(s) {overflow[:10]} hold values too large to average in float64. Rescale them in the "
+            "user feature source."
+        )
+    return mean
+
+
+def check_missing_share(matrix: np.ndarray, names: Sequence[str], max_share: float) -> None:
+    """Raise DataError when a column of ``matrix`` has more than ``max_share`` missing or non-finite values."""
+    x = np.asarray(matrix, np.float64)
+    if x.shape[0] == 0:
+        return
+    share = (~np.isfinite(x)).mean(axis=0)
+    bad = {names[int(j)]: round(float(share[j]), 4) for j in np.flatnonzero(share > max_share)}
+    if bad:
+        raise DataError(
+            f"User feature(s) {dict(list(bad.items())[:10])} have more than {max_share:g} of their values missing "
+            "or non-finite (NaN, inf). Fix the user feature source, or raise inputs.max_missing_share to impute "
+            "them with the feature's mean."
+        )
+
+
+def impute_non_finite(matrix: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``matrix`` with every NaN/inf replaced by ``mean`` of its column, count of replaced values per column).
+
+    The one missing-value rule for user features: training, calibration, ranking and export
+    all see what this returns. ``mean`` must be finite (see :func:`finite_population_mean`).
+    """
+    x = np.asarray(matrix)
+    m = np.asarray(mean, x.dtype if x.dtype.kind == "f" else np.float64)
+    if not np.isfinite(m).all():
+        raise DataError("The imputation mean must be finite; compute it with finite_population_mean.")
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x, np.zeros(x.shape[-1], np.int64)
+    return np.where(bad, m, x), bad.reshape(-1, x.shape[-1]).sum(axis=0)
+
+
+TEST_KILL_ENV = "LLMHYPER_TEST_KILL_AT"
+
+
+def _test_kill_point(point: str, tmp: str | None = None) -> None:
+    """Test hook only (tests/reliability): SIGKILL this process at ``point`` when LLMHYPER_TEST_KILL_AT names it.
+
+    ``offline-write:N`` first cuts the temp parquet to N bytes (at most all but one), as if the
+    kill hit while byte N was being written; ``between-writes`` and ``after-online`` take no N.
+    """
+    name, _, arg = os.environ.get(TEST_KILL_ENV, "").partition(":")
+    if name != point:
+        return
+    import signal
+
+    if tmp is not None and arg:
+        os.truncate(tmp, min(int(arg), max(os.path.getsize(tmp) - 1, 0)))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _is_local_file_source(fv: Any) -> bool:
+    from feast import FileSource
+
+    source = fv.batch_source
+    return isinstance(source, FileSource) and bool(source.path) and "://" not in source.path
+
+
+def _keep_previous(path: Path) -> None:
+    """Hard-link the current ``path`` as its backup before it is replaced (free: no copy)."""
+    from llmhyper_feast.store.layout import backup_of
+
+    backup = backup_of(path)
+    link = path.parent / f".{backup.name}.tmp"
+    try:
+        if backup.exists() and os.path.samefile(path, backup):
+            return  # a killed write already linked it (and rename() between two links is a no-op)
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, backup)
+    except OSError as exc:  # e.g. a filesystem without hard links: the write stays atomic, only unbacked
+        _log.debug("No backup of %s kept: %s", path, exc)
+    finally:
+        link.unlink(missing_ok=True)
+
+
+def _append_to_file_source(store: FeatureStore, fv: Any, df: pd.DataFrame) -> None:
+    """Append ``df`` to ``fv``'s local parquet: the whole history is rewritten to a temp file and renamed over it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llmhyper_feast.store.files import atomic_write
+
+    path = _source_path(store, fv)
+    previous = None
+    if path.exists():
+        try:
+            previous = pq.read_table(path).replace_schema_metadata(None)
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable_source(store, fv, path, exc) from exc
+    schema = previous.schema if previous is not None else _source_schema(fv)
+    if sorted(schema.names) != sorted(df.columns):
+        raise DataError(
+            f"The offline source {path} of '{fv.name}' has columns {schema.names}, the view now has "
+            f"{list(df.columns)}. Move the file aside (`mv {path} {path}.old`) and run `llmhyper apply` to start "
+            "a new one."
+        )
+    try:
+        new = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False).replace_schema_metadata(None)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise DataError(f"Rows for '{fv.name}' do not fit the column types of {path}: {exc}") from exc
+    table = new if previous is None else pa.concat_tables([previous, new])
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):  # left by killed writes; the repo lock is ours
+        orphan.unlink(missing_ok=True)
+    if previous is not None:
+        _keep_previous(path)
+
+    def write(tmp: str) -> None:
+        pq.write_table(table, tmp)
+        _test_kill_point("offline-write", tmp)
+
+    atomic_write(path, write)
+
+
+def _pending_write(fv: Any, df: pd.DataFrame) -> Any:
+    from llmhyper_feast.store.journal import PendingWrite
+
+    keys = tuple(fv.join_keys)
+    entities = tuple(tuple(str(v) for v in row) for row in df[list(keys)].itertuples(index=False))
+    versions = df["weights_version"] if "weights_version" in df else df["event_timestamp"]
+    return PendingWrite(
+        view=fv.name,
+        join_keys=keys,
+        entities=entities,
+        event_timestamp=str(df["event_timestamp"].max()),
+        versions={"|".join(e): str(v) for e, v in zip(entities, versions, strict=True)},
+    )
 
 
 def write_view(store: FeatureStore, view_name: str, df: pd.DataFrame, *, online: bool = True) -> None:
-    """Append rows to a view's offline source, then write them online; columns checked first."""
+    """Append rows to a view's offline source, then write them online; columns checked first.
+
+    For a local parquet FileSource the append is whole-file-or-nothing (temp file, fsync, rename;
+    the replaced version stays as ``<file>.bak``); other offline stores get Feast's
+    ``write_to_offline_store``, whose atomicity is the store's. The write is journaled from before
+    the offline half until the online half is done, so a run killed in between is finished by
+    :func:`finish_pending_writes`. Runs under the repo lock.
+    """
+    from llmhyper_feast.store import journal
+    from llmhyper_feast.store.layout import RepoLayout
+    from llmhyper_feast.store.lock import repo_lock
+
     fv = store.get_feature_view(view_name)
     expected = [*fv.join_keys, *(f.name for f in fv.features), "event_timestamp"]
     missing, extra = sorted(set(expected) - set(df.columns)), sorted(set(df.columns) - set(expected))
@@ -218,9 +552,61 @@ def write_view(store: FeatureStore, view_name: str, df: pd.DataFrame, *, online:
     if df.empty:
         return
     df = df[expected]
-    store.write_to_offline_store(view_name, df)
-    if online:
-        store.write_to_online_store(view_name, df)
+    layout = RepoLayout.of(store.repo_path)
+    with repo_lock(layout.root, "a write_view() call"):
+        if online:
+            journal.record(layout, _pending_write(fv, df))
+        if _is_local_file_source(fv):
+            _append_to_file_source(store, fv, df)
+        else:
+            store.write_to_offline_store(view_name, df)
+        if online:
+            _test_kill_point("between-writes")
+            store.write_to_online_store(view_name, df)
+            _test_kill_point("after-online")
+            journal.clear(layout, view_name)
+
+
+def finish_pending_writes(store: FeatureStore) -> dict[str, int]:
+    """Finish writes a killed run left half done: their rows' latest offline values go online.
+
+    Returns rows written online per view (empty when nothing was pending).
+    """
+    from feast.errors import FeatureViewNotFoundException
+
+    from llmhyper_feast.store import journal
+    from llmhyper_feast.store.layout import RepoLayout
+    from llmhyper_feast.store.lock import repo_lock
+
+    layout = RepoLayout.of(store.repo_path)
+    if not layout.pending_writes.exists():
+        return {}
+    done: dict[str, int] = {}
+    with repo_lock(layout.root, "a finish_pending_writes() call"):
+        for view, entry in journal.pending(layout).items():
+            try:
+                fv = store.get_feature_view(view)
+            except FeatureViewNotFoundException:
+                _log.warning("Dropping the pending write of '%s': the view no longer exists.", view)
+                journal.clear(layout, view)
+                continue
+            latest = read_latest(store, view)
+            wanted = set(entry.entities)
+            if len(latest):
+                keys = list(entry.join_keys)
+                mask = [tuple(str(v) for v in row) in wanted for row in latest[keys].itertuples(index=False)]
+                latest = latest[mask]
+            if len(latest):
+                columns = [*fv.join_keys, *(f.name for f in fv.features), "event_timestamp"]
+                store.write_to_online_store(view, latest[columns].reset_index(drop=True))
+            journal.clear(layout, view)
+            done[view] = len(latest)
+            _log.warning(
+                "Finished an interrupted write: copied %d row(s) of '%s' from the offline store online.",
+                len(latest),
+                view,
+            )
+    return done
 
 
 def materialize_sources(store: FeatureStore, views: list[str]) -> None:
@@ -232,5 +618,96 @@ def materialize_sources(store: FeatureStore, views: list[str]) -> None:
 
 
 def get_online(store: FeatureStore, features: list[str], entity_rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Thin wrapper around ``get_online_features(...).to_dict()``."""
-    return store.get_online_features(features=features, entity_rows=entity_rows).to_dict()
+    """``get_online_features(...).to_dict()``; a missing or corrupt online store raises StoreUnavailableError."""
+    try:
+        return store.get_online_features(features=features, entity_rows=entity_rows).to_dict()
+    except Exception as exc:
+        error = store_unavailable_error(exc, store)
+        if error is None:
+            raise
+        raise error from exc
+
+
+# --- online store integrity (copied registries, missing or corrupt online stores) -----------
+
+
+def recorded_online_tables(registry_file: Path) -> list[tuple[str, str]]:
+    """(path, table) of every SQLite online table a file registry records in its infra."""
+    from feast.protos.feast.core.Registry_pb2 import Registry
+
+    proto = Registry()
+    try:
+        proto.ParseFromString(registry_file.read_bytes())
+    except Exception as exc:  # protobuf raises DecodeError; an unreadable file is the same problem
+        raise FeatureRepoError(
+            f"The registry {registry_file} is unreadable ({type(exc).__name__}). Move it aside and run "
+            "`llmhyper apply` to build a fresh one."
+        ) from exc
+    return [
+        (o.sqlite_table.path, o.sqlite_table.name)
+        for o in proto.infra.infra_objects
+        if o.WhichOneof("infra_object") == "sqlite_table"
+    ]
+
+
+def online_store_path(store: FeatureStore) -> Path | None:
+    """The SQLite file of the repo's online store (None when the online store is not SQLite)."""
+    config = store.config.online_store
+    if type(config).__name__ != "SqliteOnlineStoreConfig":
+        return None
+    path = Path(config.path)
+    return path if path.is_absolute() else Path(store.repo_path).resolve() / path
+
+
+def _unusable_reason(exc: BaseException) -> str | None:
+    """Why ``exc`` means the online store itself is unusable (None for any other error)."""
+    import sqlite3
+
+    if isinstance(exc, sqlite3.DatabaseError):
+        name = getattr(exc, "sqlite_errorname", "")
+        if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("no such table"):
+            return f"a table is missing: {exc}"
+        if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CANTOPEN"):
+            return f"{exc} ({name})"
+        return None
+    try:
+        from redis import exceptions as redis_errors
+    except ImportError:
+        return None
+    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
+        return f"Redis is unreachable: {exc}"
+    return None
+
+
+def store_unavailable_error(exc: BaseException, store: FeatureStore) -> StoreUnavailableError | None:
+    """The one-line StoreUnavailableError for an online read that failed on a missing/corrupt store, else None."""
+    reason = None
+    seen: BaseException | None = exc
+    while seen is not None and reason is None:  # Feast sometimes wraps the driver's error
+        reason = _unusable_reason(seen)
+        seen = seen.__cause__ or seen.__context__
+    if reason is None:
+        return None
+    root = Path(store.repo_path).resolve()
+    where = online_store_path(store) or type(store.config.online_store).__name__
+    if reason.startswith("Redis"):
+        fix = (
+            f"make Redis reachable (online_store.connection_string in {root / 'feature_store.yaml'}), then run "
+            f"`llmhyper repair --repo {root}` if its data was lost"
+        )
+    else:
+        fix = f"run `llmhyper repair --repo {root}` to recreate its tables and reload them from the offline store"
+    return StoreUnavailableError(f"The online store {where} is unusable ({reason}): {fix}.")
+
+
+def online_views(store: FeatureStore) -> list[Any]:
+    """Every feature view served online, by name."""
+    return sorted((fv for fv in store.list_feature_views(allow_cache=False) if fv.online), key=lambda fv: fv.name)
+
+
+def recreate_online_tables(store: FeatureStore) -> list[str]:
+    """Create the online tables of every online view that lacks one; nothing is dropped. Returns the views."""
+    views = online_views(store)
+    # partial=True: Feast only creates (IF NOT EXISTS) the tables of the views passed, deleting nothing
+    store.apply([*store.list_entities(allow_cache=False), *views], partial=True)
+    return [fv.name for fv in views]

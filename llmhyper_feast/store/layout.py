@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llmhyper_feast.errors import FeatureRepoError
 
-__all__ = ["CONFIG_FILE", "RepoLayout", "check_repo"]
+__all__ = ["CONFIG_FILE", "RepoLayout", "backup_of", "check_repo"]
 
 CONFIG_FILE = "llmhyper.yaml"
 
@@ -21,6 +21,12 @@ def check_repo(repo: str | Path) -> Path:
             "Pass --repo PATH pointing at the folder that holds feature_store.yaml."
         )
     return path
+
+
+def backup_of(path: str | Path) -> Path:
+    """Where the version of ``path`` before its last atomic rewrite is kept (a hard link)."""
+    p = Path(path)
+    return p.with_name(p.name + ".bak")
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,11 @@ class RepoLayout:
     @property
     def lock(self) -> Path:
         return self.data / ".llmhyper.lock"
+
+    @property
+    def pending_writes(self) -> Path:
+        """Journal of Feast writes whose online half may not have happened yet (store/journal.py)."""
+        return self.data / "pending_writes.json"
 
     def impressions_or(self, override: str | Path | None) -> Path:
         """``override`` when given, else the repo's impressions file."""

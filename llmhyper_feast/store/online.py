@@ -1,4 +1,8 @@
-"""Online lookups through the Feast SDK: user feature vectors and stored ad weights."""
+"""Online lookups through the Feast SDK: user feature vectors and stored ad weights.
+
+Every lookup raises :class:`~llmhyper_feast.errors.StoreUnavailableError` (one line naming
+``llmhyper repair``) when the online store is missing, corrupt or unreachable.
+"""
 
 from __future__ import annotations
 
@@ -71,3 +75,11 @@ def get_ad_weights(store: FeatureStore, ad_ids: Sequence[str], schema: FeatureSc
     bias = np.asarray([np.nan if v is None else v for v in data["bias"]], np.float32)
     meta = [{m: data[m][i] for m in AD_META_FIELDS} for i in range(len(ad_ids))]
     return AdModels(list(ad_ids), weights, bias, meta, ["generated" if f else "" for f in found], found)
+
+
+PROBE_ENTITY = "__llmhyper_probe__"  # a key no real entity has: the lookup reads the tables, finds nothing
+
+
+def check_online(store: FeatureStore, refs: Sequence[str], join_key: str) -> None:
+    """Raise StoreUnavailableError unless the online tables behind ``refs`` can be read."""
+    fa.get_online(store, list(refs), [{join_key: PROBE_ENTITY}])

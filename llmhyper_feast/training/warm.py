@@ -46,6 +46,13 @@ def fit_ad(x: np.ndarray, y: np.ndarray, l2_c: float, seed: int = 0) -> tuple[np
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
+    x = np.asarray(x, np.float64)
+    if not np.isfinite(x).all():
+        cols = sorted({int(j) for j in np.flatnonzero(~np.isfinite(x).all(axis=0))})
+        raise DataError(
+            f"The training features hold NaN or inf (columns {cols[:10]}); a regression cannot be fitted. "
+            "Read users with store.feast_adapter.read_user_matrix, which imputes them."
+        )
     clf = LogisticRegression(C=l2_c, max_iter=500, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -69,6 +76,17 @@ def train_warm_models(
     from tqdm.auto import tqdm
 
     check_impressions(impressions)
+    users = np.asarray(users, np.float64)
+    if users.ndim != 2 or users.shape[1] != len(schema):
+        raise DataError(f"users must have shape [n_users, {len(schema)}] (schema order). Got shape {users.shape}.")
+    bad = ~np.isfinite(users)
+    if bad.any():
+        names = [n for n, b in zip(schema.names, bad.any(axis=0)) if b]
+        raise DataError(
+            f"User features {names[:10]} hold {int(bad.sum())} NaN or inf value(s); warm models cannot be trained "
+            "on them. Read users with store.feast_adapter.read_user_matrix, which imputes them with the "
+            "feature's finite mean (inputs.max_missing_share)."
+        )
     imps = impressions[impressions["ad_id"].isin(ad_ids)]
     if split is not None and "user_split" in imps.columns:
         imps = imps[imps["user_split"] == split]

@@ -5,7 +5,8 @@ one queued with :meth:`FakeOpenAI.script`, else :attr:`FakeOpenAI.default`. Good
 hold one deterministic number per key of the requested JSON schema (``response_format``),
 or per ``keys`` when no schema is sent, and honour ``n``.
 
-Behaviours: good, auth (401), rate_limit (429), server_error (500), hang, truncated,
+Behaviours: good, auth (401), auth_echo (401 whose message echoes the API key sent, as
+some servers do), rate_limit (429), server_error (500), hang, truncated,
 malformed, fenced, string_numbers, nan, extra_key, missing_key, duplicate_key,
 out_of_range, refusal, empty, reject_n (400 when n > 1, else good), reject_schema (400 while
 ``response_format`` is sent, else good), reject_max_tokens (400 while ``max_tokens`` is sent,
@@ -26,6 +27,7 @@ BEHAVIOURS = frozenset(
     {
         "good",
         "auth",
+        "auth_echo",
         "rate_limit",
         "server_error",
         "hang",
@@ -259,6 +261,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(
                 401,
                 "Incorrect API key provided: sk-fake.",
+                "invalid_request_error",
+                headers={"x-should-retry": "false"},
+            )
+            return
+        if behaviour == "auth_echo":
+            sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
+            self._error(
+                401,
+                f"Incorrect API key provided: {sent}. You can find your API key in your account settings.",
                 "invalid_request_error",
                 headers={"x-should-retry": "false"},
             )

@@ -23,6 +23,7 @@ import pydantic
 from llmhyper_feast.backends.llm.base import ChatRequest, ChatResult, LLMBackend, mark_fatal
 from llmhyper_feast.errors import BackendError
 from llmhyper_feast.generation.answers import answer_schema
+from llmhyper_feast.store.redact import redact, register_secret
 
 __all__ = ["OpenAIBackend"]
 
@@ -61,6 +62,7 @@ class OpenAIBackend(LLMBackend):
                 "option 'api_key' (any non-empty string for servers that do not check keys, e.g. vLLM or Ollama)."
             )
         self._api_key = key
+        register_secret(key)  # servers may echo it in error messages
         self._clients: dict[int, tuple[asyncio.AbstractEventLoop, Any]] = {}
         self._n_supported = self.options.use_n
         self._schema_supported = self.options.structured
@@ -128,9 +130,10 @@ class OpenAIBackend(LLMBackend):
                 return await self._client().chat.completions.create(**self._body(request, n, seed))
             except openai.BadRequestError as exc:
                 if not self._drop_rejected_parameter(exc, n):
-                    raise self._translate(exc) from exc
+                    raise self._translate(exc) from None
             except openai.OpenAIError as exc:
-                raise self._translate(exc) from exc
+                # from None: the SDK's exception text may hold what the server echoed (the key)
+                raise self._translate(exc) from None
 
     def _drop_rejected_parameter(self, exc: Any, n: int) -> bool:
         """Stop sending a parameter the server rejected; True when a retry without it makes sense."""
@@ -150,6 +153,12 @@ class OpenAIBackend(LLMBackend):
         return False
 
     def _translate(self, exc: BaseException) -> BackendError:
+        """A BackendError for an SDK error, secrets redacted from its text."""
+        error = self._describe(exc)
+        error.args = (redact(error.args[0] if error.args else ""), *error.args[1:])
+        return error
+
+    def _describe(self, exc: BaseException) -> BackendError:
         import openai
 
         where = f"the OpenAI-compatible server at {self.base_url}"

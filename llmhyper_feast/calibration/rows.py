@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llmhyper_feast.calibration.solve import calibrate, neighbour_alpha
+from llmhyper_feast.calibration.solve import Calibrated, calibrate, neighbour_alpha
 from llmhyper_feast.config import CalibrationConfig
 from llmhyper_feast.errors import CalibrationError, DataError
 from llmhyper_feast.features import FeatureSchema
@@ -27,6 +27,18 @@ def _alpha(row: Any, calibration: CalibrationConfig, lr_cold: LRCold) -> float:
     if len(ctrs) == 0:
         return lr_cold.mean_ctr
     return neighbour_alpha(ctrs, sims, weighting=calibration.alpha_weighting)
+
+
+def _result(cal: Calibrated, alpha: float, origin: str, reasons: list[str]) -> dict[str, Any]:
+    return {
+        "weights": cal.weights,
+        "bias": cal.delta,
+        "alpha": alpha,
+        "delta": cal.delta,
+        "norm": cal.norm,
+        "origin": origin,
+        "reason": "; ".join(r for r in reasons if r),
+    }
 
 
 def calibrate_row(row: Any, users: np.ndarray, calibration: CalibrationConfig, lr_cold: LRCold) -> dict[str, Any]:
@@ -51,29 +63,12 @@ def calibrate_row(row: Any, users: np.ndarray, calibration: CalibrationConfig, l
     candidates = [(np.asarray(row["weights"], float), origin), (np.asarray(row["prior_weights"], float), "fallback")]
     for theta, src in candidates:
         try:
-            cal = calibrate(theta, users, alpha, **kwargs)
-            return {
-                "weights": cal.weights,
-                "bias": cal.delta,
-                "alpha": alpha,
-                "delta": cal.delta,
-                "norm": cal.norm,
-                "origin": src,
-                "reason": "; ".join(r for r in reasons if r),
-            }
+            return _result(calibrate(theta, users, alpha, **kwargs), alpha, src, reasons)
         except CalibrationError as exc:
             reasons.append(f"{src} weights: {exc}")
     # both the answer and the prior were unusable (e.g. zero vectors): serve LR_cold, calibrated to alpha
     cal = calibrate(lr_cold.weights, users, alpha, scale="unit")
-    return {
-        "weights": cal.weights,
-        "bias": cal.delta,
-        "alpha": alpha,
-        "delta": cal.delta,
-        "norm": cal.norm,
-        "origin": "fallback",
-        "reason": "; ".join(reasons + ["served LR_cold"]),
-    }
+    return _result(cal, alpha, "fallback", [*reasons, "served LR_cold"])
 
 
 def generated_rows(

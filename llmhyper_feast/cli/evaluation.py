@@ -17,6 +17,7 @@ from llmhyper_feast.cli.options import (
     repo_option,
     settings_from_flags,
 )
+from llmhyper_feast.evaluation.backtest import SUMMARY_KEYS
 from llmhyper_feast.jobs.evaluate import ABLATIONS
 
 
@@ -81,21 +82,7 @@ def backtest(repo: Path, sample: int, impressions: Path | None, fmt: str, quiet:
             impressions_path=impressions,
             progress=not quiet and fmt == "table",
         )
-    summary = {
-        k: r[k]
-        for k in (
-            "backend",
-            "cosine",
-            "spearman",
-            "knn_cosine",
-            "knn_spearman",
-            "click_gauc",
-            "knn_click_gauc",
-            "trained_click_gauc",
-            "best_lambda",
-            "fallbacks",
-        )
-    }
+    summary = {k: r[k] for k in SUMMARY_KEYS}
     if fmt == "json":
         emit_json(summary)
         return

@@ -19,6 +19,19 @@ from llmhyper_feast.errors import ConfigError, DataError, GateRefusedError
 from llmhyper_feast.evaluation import metrics
 from llmhyper_feast.store.files import atomic_write_json
 
+# the figures a backtest is summarised by (CLI table/JSON and the HTML report)
+SUMMARY_KEYS = (
+    "backend",
+    "cosine",
+    "spearman",
+    "knn_cosine",
+    "knn_spearman",
+    "click_gauc",
+    "knn_click_gauc",
+    "trained_click_gauc",
+    "best_lambda",
+    "fallbacks",
+)
 LAMBDAS = np.round(np.linspace(0.0, 1.0, 11), 2)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from llmhyper_feast.errors import DataError
+from llmhyper_feast.evaluation.backtest import SUMMARY_KEYS
 from llmhyper_feast.store.files import atomic_write_text
 from llmhyper_feast.store.layout import RepoLayout
 
@@ -244,19 +245,7 @@ def _heatmap(ev: dict[str, Any], truth: pd.DataFrame | None) -> str:
 
 def _backtest(bt: dict[str, Any], feature_hash: str | None) -> str:
     gen, trained = np.asarray(bt.get("generated", []), float), np.asarray(bt.get("trained", []), float)
-    keys = [
-        "backend",
-        "cosine",
-        "spearman",
-        "knn_cosine",
-        "knn_spearman",
-        "click_gauc",
-        "knn_click_gauc",
-        "trained_click_gauc",
-        "best_lambda",
-        "fallbacks",
-    ]
-    facts = [("warm ads treated as cold", len(bt.get("ads", [])))] + [(k, bt[k]) for k in keys if k in bt]
+    facts = [("warm ads treated as cold", len(bt.get("ads", [])))] + [(k, bt[k]) for k in SUMMARY_KEYS if k in bt]
     out = (
         "<table>"
         + "".join(

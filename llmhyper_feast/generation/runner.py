@@ -209,8 +209,9 @@ def generate_rows(
 ) -> pd.DataFrame:
     """Generate weights for ``ads``; appends one log part per chunk to ``log_dir`` when given.
 
-    A fatal backend error (rejected key, unreachable server) stops the run after the chunk it
-    hit; the returned frame's ``attrs["stopped"]`` then holds the error text.
+    A fatal backend error (rejected key) stops the run after the chunk it hit; the returned
+    frame's ``attrs["stopped"]`` then holds the error text, as it does when any ad hit a backend
+    error (the run could not reach its backend for those ads).
     """
     from tqdm.auto import tqdm
 
@@ -258,7 +259,11 @@ def generate_rows(
             stopped = redact(f"stopped after {len(all_rows)} of {len(ads)} ads: {fatal}")
             break
     else:
-        stopped = ""
+        failed = [r for r in all_rows if r.get("backend_error")]
+        # not fatal (e.g. timeouts, refused connections), but the backend still was not reached
+        stopped = (
+            f"{len(failed)} of {len(ads)} ads hit backend errors, e.g. {failed[0]['fallback_reason']}" if failed else ""
+        )
     bar.close()
     frame = pd.DataFrame(all_rows)
     frame.attrs["stopped"] = stopped

@@ -39,9 +39,10 @@ def _run(repo: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
 def _stored(repo: Path):
     store = fa.open_store(repo)
     gen = fa.read_latest(store, fa.view_for_role(store, fa.GENERATED_ROLE).name)
-    return gen.set_index("ad_id")[["origin", "weights_version"]]
+    return gen.set_index("ad_id")[["origin", "weights_version"]].sort_index()
 
 
+@pytest.mark.slow  # three materialize subprocesses
 def test_rejected_key_exits_5_and_keeps_llm_weights_unless_asked(repo: Path) -> None:
     with FakeOpenAI() as good:
         first = _run(repo, good.base_url)
@@ -55,13 +56,13 @@ def test_rejected_key_exits_5_and_keeps_llm_weights_unless_asked(repo: Path) -> 
     assert failed.returncode == 5, failed.stderr[-2000:]
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("Error (backend):") and "HTTP 401" in last and "stored LLM weights were kept" in last
-    after = _stored(repo)
+    after = _stored(repo).reindex(before.index)
     assert after.equals(before)  # nothing overwritten by the prior
 
     with FakeOpenAI(default="auth") as down:
         forced = _run(repo, down.base_url, "--samples", "2", "--allow-fallback")
     assert forced.returncode == 5
-    replaced = _stored(repo)
+    replaced = _stored(repo).reindex(before.index)
     changed = replaced["weights_version"] != before["weights_version"]
     # generation stops at the first chunk that hits a fatal error: those ads now serve the prior
     assert changed.any() and (replaced.loc[changed, "origin"] == "fallback").all()

@@ -118,7 +118,10 @@ def test_apply_refuses_a_copied_registry_and_rebuild_registry_leaves_the_origina
     assert online.get_user_features(store, [str(u) for u in users[:5]], schema).found.all()
 
 
-@pytest.mark.parametrize("damage", ["delete", "drop_table", "garbage"])
+@pytest.mark.parametrize(
+    "damage",
+    ["delete", pytest.param("drop_table", marks=pytest.mark.slow), pytest.param("garbage", marks=pytest.mark.slow)],
+)
 def test_repair_restores_every_lookup(served: Path, tmp_path: Path, damage: str) -> None:
     repo = clone_repo(served, tmp_path / "repo")
     db = repo / "data" / "online_store.db"

@@ -102,6 +102,7 @@ def assert_clean_data_dir(repo: Path) -> None:
     assert not RepoLayout(repo).pending_writes.exists(), "a pending write was not finished"
 
 
+@pytest.mark.slow  # five killed subprocess runs
 def test_materialize_survives_kills_at_every_write_point(demo_copy: Path) -> None:
     survived = tried = 0
     assert len(history(demo_copy, GENERATED)) == 0
@@ -142,6 +143,7 @@ def test_materialize_survives_kills_at_every_write_point(demo_copy: Path) -> Non
     assert survived == tried
 
 
+@pytest.mark.slow  # four killed subprocess runs
 def test_train_warm_survives_kills_and_export_converges_the_stores(demo_copy: Path, tmp_path: Path) -> None:
     survived = tried = 0
     before = (demo_copy / "data" / f"{WARM}.parquet").read_bytes()

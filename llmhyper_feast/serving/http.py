@@ -1,9 +1,11 @@
-"""HTTP ranking service: ``POST /rank`` and ``GET /health`` over a :class:`~.ranking.Ranker`.
+"""HTTP ranking service: ``POST /rank`` and ``GET /health`` over a :class:`~llmhyper_feast.serving.ranker.Ranker`.
 
 Status codes: 200 ranked; 404 unknown user or unknown candidate ads (the body says which);
 413 request body larger than the cap (64 KiB by default); 422 malformed body or bad values
 (types are strict: ``k`` must be a JSON integer, not ``"5"``, ``2.0`` or ``true``); 503 the
-export no longer matches the registry; 500 other errors of this package. Error bodies are
+export no longer matches the registry, or the online store is missing or corrupt
+(``store_unavailable``: run ``llmhyper repair``; ``GET /health`` then answers 503 too); 500 other
+errors of this package. Error bodies are
 ``{"error": code, "detail": message, ...}`` and never echo more than ~100 characters of input.
 """
 

@@ -283,6 +283,18 @@ def test_clip_falls_back_to_text_and_records_why(tiny_clip, images, tmp_path: Pa
     assert emb.last_fallbacks == []  # reset on every call
 
 
+@pytest.mark.timeout(60)
+def test_clip_refuses_fifos_and_oversized_images_without_blocking(tiny_clip, images, tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    big = tmp_path / "big.png"
+    big.write_bytes(images["red"].read_bytes() + b"\0" * 5_000_001)
+    emb = _clip(tiny_clip)
+    emb.embed([Ad("fifo", "a", "", str(fifo)), Ad("big", "b", "", str(big))], progress=False)
+    reasons = dict(emb.last_fallbacks)
+    assert "not a regular file" in reasons["fifo"] and "cap" in reasons["big"]
+
+
 def test_clip_embedder_id_and_config_option(tiny_clip, images) -> None:
     name, cfg, ckpt = tiny_clip
     emb = _clip(tiny_clip)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +26,7 @@ from pydantic import Field
 from llmhyper_feast.backends.embedders.base import Embedder, local_path_from_uri
 from llmhyper_feast.errors import BackendError, DataError
 from llmhyper_feast.features import Ad
+from llmhyper_feast.generation.prompts import MAX_IMAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,11 @@ class ClipEmbedder(Embedder):
 
         try:
             path = local_path_from_uri(ad.image_uri)
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+                return None, f"{path} is not a regular file"
+            if info.st_size > MAX_IMAGE_BYTES:
+                return None, f"{path} holds {info.st_size} bytes, over the {MAX_IMAGE_BYTES}-byte cap"
             with Image.open(path) as img:
                 return self._preprocess(img.convert("RGB")), None
         except (DataError, OSError, ValueError, SyntaxError) as exc:

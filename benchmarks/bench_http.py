@@ -1,20 +1,22 @@
-"""The HTTP ranking service under load: ``llmhyper serve`` against the service as it was before.
+"""The HTTP ranking service under load: ``llmhyper serve`` against its Feast-SDK lookup path.
 
-Both servers rank with the same export of the same repo, in their own processes, and are
-loaded one at a time (alternating, ``--rounds`` times) by ``tests/support/loadgen.py`` in a
-third process:
+The servers rank with the same export of the same repo, each in its own process, and are
+loaded one at a time (alternating, ``--rounds`` times) by ``tests/support/loadgen.py`` in
+another process:
 
-* before: the previous app, reproduced here (sync route in FastAPI's thread pool, lax pydantic
-  body and response models, uvicorn defaults with one access-log line per request, and Feast's
-  eager ``import torch``);
-* after: ``llmhyper serve`` (strict body read and validated inline in an async route, JSON
-  encoded by hand, access log off, uvloop + httptools, torch kept out).
+* sdk: ``llmhyper serve --online-lookup feast``: the user's row through Feast's
+  ``get_online_features`` (the reference path, and the only one for non-SQLite stores);
+* direct: ``llmhyper serve`` (the default): the row read straight from Feast's SQLite online
+  tables with one prepared query, and ``POST /rank`` answered by a plain ASGI handler;
+* legacy (only with ``--legacy``): the app as it was before the hardening, reproduced here
+  (sync route in FastAPI's thread pool, lax pydantic models, access log, Feast's eager
+  ``import torch``).
 
 Loads: ``valid`` (closed loop, valid requests only), ``hostile`` (closed loop, the loadgen's
 mix of valid, malformed, oversized and absurd-k requests) and ``open500`` (valid requests
 arriving at 500/s over the same clients; latency counted from each request's due time).
 Prints req/s, p50/p99 latency, server CPU per request, 5xx and wrong statuses, RSS, and the
-after/before ratios. With C closed-loop clients, mean latency = C / throughput (Little's law),
+direct/sdk ratios. With C closed-loop clients, mean latency = C / throughput (Little's law),
 so p99 < 50 ms at 32 clients needs well over 640 req/s; ``open500`` shows the latency at the
 target rate itself.
 
@@ -169,7 +171,8 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=3000, help="Users in the built demo world.")
     ap.add_argument("--requests", type=int, default=4000, help="Requests per load run.")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=2, help="Alternating before/after rounds (medians reported).")
+    ap.add_argument("--rounds", type=int, default=2, help="Alternating rounds over the servers (medians reported).")
+    ap.add_argument("--legacy", action="store_true", help="Also load the pre-hardening app.")
     ap.add_argument("--serve-legacy", nargs=3, metavar=("REPO", "MODELS", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("FEAST_USAGE", "False")
@@ -184,7 +187,7 @@ def main() -> None:
     from llmhyper_feast.serving.export import export_repo
     from llmhyper_feast.store import feast_adapter as fa
 
-    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f}")
+    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         repo = args.repo or build_world(tmp, args.users, 64, 16, 11)
@@ -195,15 +198,17 @@ def main() -> None:
         ids = tmp / "ids.json"
         ids.write_text(json.dumps({"users": [str(u) for u in users[:1000]], "ads": list(manifest.ad_ids)}))
 
-        ports = {"before": free_port(), "after": free_port()}
+        names = ("legacy", "sdk", "direct") if args.legacy else ("sdk", "direct")
+        ports = {name: free_port() for name in names}
+        serve = [sys.executable, "-m", "llmhyper_feast", "serve", "--repo", str(repo), "--models", str(models)]
         cmds = {
-            "before": [sys.executable, __file__, "--serve-legacy", str(repo), str(models), str(ports["before"])],
-            "after": [sys.executable, "-m", "llmhyper_feast", "serve", "--repo", str(repo), "--models", str(models)]
-            + ["--port", str(ports["after"]), "--log-level", "warning"],
+            "legacy": [sys.executable, __file__, "--serve-legacy", str(repo), str(models), str(ports.get("legacy", 0))],
+            "sdk": [*serve, "--port", str(ports["sdk"]), "--log-level", "warning", "--online-lookup", "feast"],
+            "direct": [*serve, "--port", str(ports["direct"]), "--log-level", "warning"],
         }
         procs, idle = {}, {}
         try:
-            for name in ("before", "after"):  # one at a time: startup is CPU-heavy (Feast import)
+            for name in names:  # one at a time: startup is CPU-heavy (Feast import)
                 procs[name] = start(cmds[name], ports[name], tmp / f"{name}.log")
                 idle[name] = rss_kb(procs[name].pid)
             loads = {
@@ -214,7 +219,7 @@ def main() -> None:
             runs: dict[tuple[str, str], list[dict]] = {}
             for r in range(args.rounds):
                 for load_name, (mix, rate) in loads.items():
-                    for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                    for name in names if r % 2 == 0 else names[::-1]:
                         res = load(ports[name], procs[name].pid, ids, args.requests, args.concurrency, mix, rate)
                         runs.setdefault((load_name, name), []).append(res)
             final = {name: rss_kb(p.pid) for name, p in procs.items()}
@@ -230,7 +235,7 @@ def main() -> None:
     cols = ("req/s", "p50 ms", "p99 ms", "cpu ms/req", "5xx+err", "wrong")
     print(f"{'load':<8} {'server':<7} " + " ".join(f"{c:>10}" for c in cols))
     for load_name in loads:
-        for name in ("before", "after"):
+        for name in names:
             xs = runs[(load_name, name)]
             wrong = sum(sum(v.values()) for x in xs for v in x["unexpected"].values())
             errs = sum(x["server_errors"] + sum(x["transport_errors"].values()) for x in xs)
@@ -239,19 +244,18 @@ def main() -> None:
                 f"{load_name:<8} {name:<7} {rps:>10.0f} {p50:>10.1f} {p99:>10.1f} "
                 f"{med(load_name, name, CPU):>10.2f} {errs:>10} {wrong:>10}"
             )
-        ratio = med(load_name, "after", "rps") / med(load_name, "before", "rps")
-        p99_gain = med(load_name, "before", "p99_ms") / med(load_name, "after", "p99_ms")
-        cpu = med(load_name, "before", CPU) / med(load_name, "after", CPU)
-        print(f"{load_name:<8} ratio   throughput x{ratio:.2f}, p99 /{p99_gain:.2f}, CPU per request /{cpu:.2f}")
+        ratio = med(load_name, "direct", "rps") / med(load_name, "sdk", "rps")
+        p99_gain = med(load_name, "sdk", "p99_ms") / med(load_name, "direct", "p99_ms")
+        cpu = med(load_name, "sdk", CPU) / med(load_name, "direct", CPU)
+        print(f"{load_name:<8} direct/sdk: throughput x{ratio:.2f}, p99 /{p99_gain:.2f}, CPU per request /{cpu:.2f}")
     print(
-        f"\nRSS MB: idle before {idle['before'] / 1024:.0f}, after {idle['after'] / 1024:.0f} "
-        f"(x{idle['after'] / idle['before']:.2f}); after all runs before {final['before'] / 1024:.0f}, "
-        f"after {final['after'] / 1024:.0f}"
+        "\nRSS MB idle -> after all runs: "
+        + ", ".join(f"{n} {idle[n] / 1024:.0f} -> {final[n] / 1024:.0f}" for n in names)
     )
-    rps, p99 = med("valid", "after", "rps"), med("open500", "after", "p99_ms")
+    rps, p99 = med("valid", "direct", "rps"), med("open500", "direct", "p99_ms")
     print(
         f"target {TARGET_RPS} req/s with p99 < {TARGET_P99_MS:.0f} ms at {args.concurrency} clients: "
-        f"closed-loop {rps:.0f} req/s (p99 {med('valid', 'after', 'p99_ms'):.1f} ms); at {TARGET_RPS}/s offered "
+        f"closed-loop {rps:.0f} req/s (p99 {med('valid', 'direct', 'p99_ms'):.1f} ms); at {TARGET_RPS}/s offered "
         f"p99 {p99:.1f} ms -> {'met' if rps >= TARGET_RPS and p99 < TARGET_P99_MS else 'NOT met'}"
         f" (load avg now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus)"
     )

@@ -13,7 +13,7 @@ imports ``llmhyper_feast``. Typical use::
 from exporters._version import EXPORTER_NAME, EXPORTER_VERSION
 from exporters.errors import ExporterError, ExportInputError, ManifestError, VerificationError
 from exporters.manifest import Manifest, read_manifest
-from exporters.model_set import AdModelSet, decode_ad_id, encode_ad_id
+from exporters.model_set import EXCLUDED_SCORE, AdModelSet, decode_ad_id, encode_ad_id
 from exporters.onnx_graphs import (
     INPUT_NAME,
     IR_VERSION,
@@ -30,6 +30,7 @@ from exporters.writer import atomic_write_bytes, export_models, model_name
 __version__ = EXPORTER_VERSION
 
 __all__ = [
+    "EXCLUDED_SCORE",
     "EXPORTER_NAME",
     "INPUT_NAME",
     "IR_VERSION",

@@ -18,6 +18,7 @@ from exporters.errors import ExportInputError
 
 __all__ = [
     "AD_SOURCES",
+    "EXCLUDED_SCORE",
     "AdModelSet",
     "ad_digest",
     "canonical_meta",
@@ -28,6 +29,7 @@ __all__ = [
 AD_SOURCES = frozenset({"warm", "generated", "lr_cold"})
 MAX_ENCODED_AD_ID = 200  # leaves room under the usual 255-byte file-name limit
 _SAFE_CHARS = re.compile(r"[A-Za-z0-9_.\-]")
+EXCLUDED_SCORE = -1.0  # the all-ads model's ``ctr`` of an excluded ad: never a probability, ranks last
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +39,9 @@ class AdModelSet:
     ``weights`` is float32 [M, n] with columns in ``feature_names`` order, ``bias`` is
     float32 [M], rows follow ``ad_ids``. ``ad_meta[i]`` describes ad i (``source`` is one
     of warm/generated/lr_cold; alpha, delta, model, prompt_hash, weights_version, ...).
+    ``exclusions`` (optional) lists per ad (pairs of feature index, threshold): the all-ads
+    model excludes ad i for a user whose feature j is strictly above t for any (j, t) in
+    ``exclusions[i]`` (its ``ctr`` becomes :data:`EXCLUDED_SCORE`, its ``excluded`` output true).
     Nothing is checked on construction: call :meth:`validate`.
     """
 
@@ -48,6 +53,12 @@ class AdModelSet:
     ad_meta: Sequence[Mapping[str, str | float]]
     producer_name: str
     producer_version: str
+    exclusions: Sequence[Sequence[tuple[int, float]]] | None = None
+
+    @property
+    def has_exclusions(self) -> bool:
+        """True when at least one ad has an exclusion pair."""
+        return self.exclusions is not None and any(len(e) for e in self.exclusions)
 
     @property
     def n_features(self) -> int:
@@ -104,6 +115,28 @@ class AdModelSet:
         for ad_id, meta in zip(self.ad_ids, self.ad_meta, strict=True):
             _check_meta(ad_id, meta)
         _check_encoded_ids(self.ad_ids)
+        self._check_exclusions()
+
+    def _check_exclusions(self) -> None:
+        if self.exclusions is None:
+            return
+        n, m = len(self.feature_names), len(self.ad_ids)
+        if isinstance(self.exclusions, (str, bytes, Mapping)) or len(self.exclusions) != m:
+            raise ExportInputError(
+                f"The 'exclusions' field of AdModelSet must be None or a list with one list of "
+                f"(feature index, threshold) pairs per ad ({m}). Got {self.exclusions!r:.100} instead."
+            )
+        for ad_id, pairs in zip(self.ad_ids, self.exclusions, strict=True):
+            for pair in pairs:
+                ok = isinstance(pair, (tuple, list)) and len(pair) == 2
+                j, t = pair if ok else (None, None)
+                ok = ok and isinstance(j, numbers.Integral) and not isinstance(j, bool) and 0 <= int(j) < n
+                ok = ok and isinstance(t, numbers.Real) and not isinstance(t, bool) and math.isfinite(float(t))
+                if not ok:
+                    raise ExportInputError(
+                        f"The 'exclusions' of ad {ad_id!r} must be (feature index in [0, {n}), finite "
+                        f"threshold) pairs. Got {pair!r:.100} instead."
+                    )
 
     def _check_finite(self) -> None:
         bad = np.argwhere(~np.isfinite(self.weights))

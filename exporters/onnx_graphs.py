@@ -16,7 +16,7 @@ import numpy as np
 
 from exporters._version import EXPORTER_NAME, EXPORTER_VERSION
 from exporters.errors import ExporterError, ExportInputError
-from exporters.model_set import AdModelSet, canonical_meta, encode_ad_id
+from exporters.model_set import EXCLUDED_SCORE, AdModelSet, canonical_meta, encode_ad_id
 
 if TYPE_CHECKING:
     import onnx
@@ -42,22 +42,25 @@ INPUT_NAME = "user_features"
 KIND_ALL_ADS = "all_ads"
 KIND_PER_AD = "per_ad"  # skl2onnx LinearClassifier (ai.onnx.ml)
 KIND_PER_AD_CORE = "per_ad_core"  # MatMul + Add + Sigmoid, default domain only
-_JSON_KEYS = frozenset({"feature_names", "ad_ids", "ad_meta", "top_k"})
+_JSON_KEYS = frozenset({"feature_names", "ad_ids", "ad_meta", "top_k", "exclusions"})
 
 
 def build_all_ads_model(model_set: AdModelSet, *, top_k: int | None = None) -> onnx.ModelProto:
     """One model scoring every ad: ``user_features`` [batch, n] -> ``ctr`` [batch, M].
 
     Column j of ``ctr`` is ``model_set.ad_ids[j]``. With ``top_k`` the graph also ranks:
-    ``top_scores`` and ``top_indices`` [batch, top_k], best first.
+    ``top_scores`` and ``top_indices`` [batch, top_k], best first. With exclusions (see
+    :class:`AdModelSet`) the graph also outputs ``excluded`` (bool [batch, M]) and an excluded
+    ad's ``ctr`` is ``EXCLUDED_SCORE`` (-1), so it ranks after every allowed ad.
     """
     m = model_set.n_ads
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= m):
         raise ExportInputError(
             f"The 'top_k' parameter must be None or an int in [1, {m}] (the number of ads). Got {top_k!r} instead."
         )
-    model = _linear_sigmoid_model(KIND_ALL_ADS, model_set.weights, model_set.bias, top_k=top_k)
-    _set_metadata(model, model_set, KIND_ALL_ADS, list(model_set.ad_ids), top_k=top_k)
+    excl = model_set.exclusions if model_set.has_exclusions else None
+    model = _linear_sigmoid_model(KIND_ALL_ADS, model_set.weights, model_set.bias, top_k=top_k, exclusions=excl)
+    _set_metadata(model, model_set, KIND_ALL_ADS, list(model_set.ad_ids), top_k=top_k, exclusions=excl)
     return model
 
 
@@ -133,6 +136,7 @@ def _linear_sigmoid_model(
     bias: np.ndarray,
     *,
     top_k: int | None = None,
+    exclusions: Any = None,
 ) -> onnx.ModelProto:
     from onnx import TensorProto, helper, numpy_helper
 
@@ -144,9 +148,31 @@ def _linear_sigmoid_model(
     nodes = [
         helper.make_node("MatMul", [INPUT_NAME, "weights"], ["xw"], name="matmul"),
         helper.make_node("Add", ["xw", "bias"], ["logits"], name="add_bias"),
-        helper.make_node("Sigmoid", ["logits"], ["ctr"], name="sigmoid"),
+        helper.make_node("Sigmoid", ["logits"], ["ctr_raw" if exclusions else "ctr"], name="sigmoid"),
     ]
     outputs = [helper.make_tensor_value_info("ctr", TensorProto.FLOAT, ["batch", m])]
+    if exclusions:
+        # E (ad, feature, threshold) triples: gather each pair's feature, compare with its threshold,
+        # and sum the hits per ad with a 0/1 [E, M] matrix; any hit excludes the ad
+        triples = [(i, int(j), float(t)) for i, pairs in enumerate(exclusions) for j, t in pairs]
+        owner = np.zeros((len(triples), m), np.float32)
+        owner[np.arange(len(triples)), [i for i, _, _ in triples]] = 1.0
+        initializers += [
+            numpy_helper.from_array(np.array([j for _, j, _ in triples], np.int64), "exclusion_features"),
+            numpy_helper.from_array(np.array([t for _, _, t in triples], np.float32), "exclusion_thresholds"),
+            numpy_helper.from_array(owner, "exclusion_owner"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(EXCLUDED_SCORE, np.float32), "excluded_score"),
+        ]
+        nodes += [
+            helper.make_node("Gather", [INPUT_NAME, "exclusion_features"], ["rule_values"], name="rule_values", axis=1),
+            helper.make_node("Greater", ["rule_values", "exclusion_thresholds"], ["rule_hits"], name="rule_hits"),
+            helper.make_node("Cast", ["rule_hits"], ["rule_hits_f"], name="rule_hits_f", to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["rule_hits_f", "exclusion_owner"], ["hits_per_ad"], name="hits_per_ad"),
+            helper.make_node("Greater", ["hits_per_ad", "zero"], ["excluded"], name="excluded"),
+            helper.make_node("Where", ["excluded", "excluded_score", "ctr_raw"], ["ctr"], name="mask"),
+        ]
+        outputs.append(helper.make_tensor_value_info("excluded", TensorProto.BOOL, ["batch", m]))
     if top_k is not None:
         initializers.append(numpy_helper.from_array(np.array([top_k], dtype=np.int64), "k"))
         nodes.append(
@@ -187,6 +213,7 @@ def _set_metadata(
     ad_ids: list[str],
     *,
     top_k: int | None = None,
+    exclusions: Any = None,
 ) -> None:
     rows = [model_set.index_of(a) for a in ad_ids]
     props: dict[str, Any] = {
@@ -203,6 +230,9 @@ def _set_metadata(
     }
     if top_k is not None:
         props["top_k"] = top_k
+    if exclusions:
+        props["exclusions"] = [[[int(j), float(t)] for j, t in pairs] for pairs in exclusions]
+        props["excluded_score"] = EXCLUDED_SCORE
     del model.metadata_props[:]
     for key in sorted(props):
         value = props[key]

@@ -7,10 +7,12 @@ runtime can check a model against an independent answer.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from exporters.errors import VerificationError
+from exporters.model_set import EXCLUDED_SCORE
 from exporters.onnx_graphs import INPUT_NAME, KIND_ALL_ADS, KIND_PER_AD, KIND_PER_AD_CORE
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "load_vectors",
     "random_users",
     "reference_ctr",
+    "reference_excluded",
     "reference_outputs",
     "vector_files",
     "verify_model_dir",
@@ -38,6 +41,16 @@ def reference_ctr(weights: np.ndarray, bias: np.ndarray, users: np.ndarray) -> n
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
+def reference_excluded(exclusions: Any, users: np.ndarray) -> np.ndarray:
+    """bool [N, M]: ad i is excluded for user u when ``users[u, j] > t`` for a pair (j, t) of ``exclusions[i]``."""
+    x = np.asarray(users, np.float32)
+    out = np.zeros((x.shape[0], len(exclusions)), bool)
+    for i, pairs in enumerate(exclusions):
+        for j, t in pairs:
+            out[:, i] |= x[:, int(j)] > np.float32(t)
+    return out
+
+
 def reference_outputs(
     kind: str,
     weights: np.ndarray,
@@ -45,8 +58,12 @@ def reference_outputs(
     users: np.ndarray,
     *,
     top_k: int | None = None,
+    exclusions: Any = None,
 ) -> list[tuple[str, np.ndarray]]:
-    """Expected (output name, value) pairs, in graph output order, for one model kind."""
+    """Expected (output name, value) pairs, in graph output order, for one model kind.
+
+    ``exclusions`` (all-ads only): per ad, (feature index, threshold) pairs; see :func:`reference_excluded`.
+    """
     ctr = reference_ctr(weights, bias, users)
     if kind == KIND_PER_AD:
         logits = users.astype(np.float64) @ weights[0].astype(np.float64) + float(bias[0])
@@ -57,6 +74,10 @@ def reference_outputs(
         return [("ctr", ctr)]
     if kind == KIND_ALL_ADS:
         outs = [("ctr", ctr)]
+        if exclusions is not None and any(len(e) for e in exclusions):
+            excluded = reference_excluded(exclusions, users)
+            ctr = np.where(excluded, np.float32(EXCLUDED_SCORE), ctr).astype(np.float32)
+            outs = [("ctr", ctr), ("excluded", excluded)]
         if top_k is not None:
             order = np.argsort(-ctr, axis=1, kind="stable")[:, :top_k].astype(np.int64)
             outs += [
@@ -108,11 +129,11 @@ def verify_model_dir(model_dir: str | Path, *, atol: float = 1e-6) -> float:
     got = session.run([name for name, _ in expected], inputs)
     worst = 0.0
     for (name, want), have in zip(expected, got, strict=True):
-        if np.issubdtype(want.dtype, np.integer):
+        if want.dtype.kind in "iub":  # integers and masks must match exactly
             if not np.array_equal(want, have):
                 raise VerificationError(
                     f"Output {name!r} of {model_dir} differs from its test vector in "
-                    f"{int(np.sum(want != have))} place(s); expected equal integers."
+                    f"{int(np.sum(want != have))} place(s); expected equal values."
                 )
             continue
         diff = float(np.max(np.abs(want.astype(np.float64) - have))) if want.size else 0.0

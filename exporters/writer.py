@@ -112,6 +112,7 @@ def export_models(
             model_set.bias[rows],
             users,
             top_k=top_k if kind == KIND_ALL_ADS else None,
+            exclusions=model_set.exclusions if kind == KIND_ALL_ADS else None,
         )
         model_dir, model_rel = _model_paths(name, layout)
         vectors = vector_files(users, expected)

@@ -144,6 +144,7 @@ ad_content = FeatureView(
         Field(name="image_uri", dtype=String, description="Location of the ad image (file path or URL)."),
         Field(name="launch_date", dtype=UnixTimestamp, description="When the ad started serving."),
         Field(name="status", dtype=String, description="retired (has a trained model) or active (new)."),
+        Field(name="advertiser_id", dtype=String, description="The advertiser (brand) that runs the ad."),
     ],
     source=_source("ad_content"),
     online=True,
@@ -201,6 +202,11 @@ generated_ad_weights = FeatureView(
         ),
         Field(name="reason", dtype=String, description="Why a fallback was used (empty for clean LLM answers)."),
         Field(name="decision", dtype=String, description="Deployment gate decision (e.g. pass, blend:0.6, warn)."),
+        Field(
+            name="policy_tags",
+            dtype=String,
+            description='JSON list of the content rules (llmhyper_policy.yaml) the ad triggers, e.g. ["no_meat"].',
+        ),
         Field(name="generated_at", dtype=UnixTimestamp, description="When the weights were generated."),
     ],
     source=_source("generated_ad_weights"),
@@ -209,13 +215,140 @@ generated_ad_weights = FeatureView(
     tags={"llmhyper.role": "generated_weights"},
 )
 
+# --- user priors: which advertisers a user converts with next (llmhyper priors) ------------------
+
+advertiser = Entity(
+    name="advertiser",
+    join_keys=["advertiser_id"],
+    value_type=ValueType.STRING,
+    description="A brand that runs ads.",
+)
+
+advertisers = FeatureView(
+    name="advertisers",
+    entities=[advertiser],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(name="name", dtype=String, description="The advertiser's brand name."),
+        Field(name="category", dtype=String, description="The user interest feature the advertiser sells in."),
+    ],
+    source=_source("advertisers"),
+    online=True,
+    description="Advertisers (brands) of the ads.",
+    tags={"llmhyper.role": "advertisers"},
+)
+
+user_history = FeatureView(
+    name="user_history",
+    entities=[user],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(name="advertiser_id", dtype=String, description="The advertiser of the ad the event was about."),
+        Field(name="ad_id", dtype=String, description="The ad the user saw, clicked or converted on."),
+        Field(name="event", dtype=String, description="impression, click or conversion."),
+    ],
+    source=_source("user_history"),
+    # one row per event offline; online holds each user's latest event
+    online=True,
+    description="Time-stamped ad events of each user (event_timestamp is when it happened).",
+    tags={"llmhyper.role": "user_history"},
+)
+
+user_llm_priors = FeatureView(
+    name="user_llm_priors",
+    entities=[user],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(
+            name="advertisers",
+            dtype=Array(String),
+            description="Advertiser ids the user is predicted to convert with next, best first.",
+        ),
+        Field(name="scores", dtype=Array(Float32), description="A score per advertiser in (0, 1], higher is likelier."),
+        Field(
+            name="interests", dtype=Array(String), description="Up to five interest features predicted for the user."
+        ),
+        Field(name="llm_model", dtype=String, description="Backend and model that wrote the list (or the baseline)."),
+        Field(name="origin", dtype=String, description="llm (validated answer) or fallback (a non-LLM baseline)."),
+        Field(name="reason", dtype=String, description="Why a fallback was used (empty for LLM answers)."),
+        Field(name="prompt_hash", dtype=String, description="Hash of the prompt sent."),
+        Field(
+            name="profile_hash",
+            dtype=String,
+            description="Hash of the user profile text; a new one triggers re-inference.",
+        ),
+        Field(name="generated_at", dtype=UnixTimestamp, description="When the list was written."),
+    ],
+    source=_source("user_llm_priors"),
+    online=True,
+    description="LLM-predicted next advertisers and interests per user (user priors).",
+    tags={"llmhyper.role": "user_priors"},
+)
+
+
+def _priors_as_features() -> bool:
+    """``user_priors.use_as_features`` of this repo (llmhyper.yaml or environment); off without llmhyper_feast."""
+    try:
+        from llmhyper_feast.config import load_settings
+    except ImportError:
+        return False
+    return load_settings(Path(__file__).resolve().parent).user_priors.use_as_features
+
+
+# Opt-in: while use_as_features is off this view is registered but is not a user feature view, so the
+# feature schema (and every LLM-HYPER number) stays as it was. `llmhyper priors features` fills it.
+user_prior_features = FeatureView(
+    name="user_prior_features",
+    entities=[user],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(
+            name=f"prior_{f.name}",
+            dtype=Float32,
+            description=(
+                f"LLM-predicted share of the user's next conversions in the {f.name.replace('_', ' ')} category: "
+                "the user-priors list's scores on that category's advertisers over the list's total, from 0 to 1."
+            ),
+        )
+        for f in user_interests.features
+    ],
+    source=_source("user_prior_features"),
+    online=True,
+    description="Ranking features derived from the user priors (llmhyper priors features).",
+    tags={
+        "llmhyper.role": "user_features" if _priors_as_features() else "user_prior_features",
+        "llmhyper.order": "3",
+        "llmhyper.derived": "user_priors",
+    },
+)
+
+
 ranking = FeatureService(
     name="ranking",
     features=[
         user_interests,
         user_behaviour,
         # serving columns only: free-text reasons stay out of what the service hands out
-        generated_ad_weights[["weights", "bias", "alpha", "weights_version", "origin", "llm_model"]],
+        generated_ad_weights[["weights", "bias", "alpha", "weights_version", "origin", "llm_model", "policy_tags"]],
     ],
     description="User features and generated ad weights for ranking cold ads.",
+)
+
+# --- impressions: what each user was shown and whether they clicked (training and evaluation input) ---
+
+ad_impressions = FeatureView(
+    name="ad_impressions",
+    entities=[user, ad],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(name="clicked", dtype=Int64, description="1 when the user clicked the ad, else 0."),
+        Field(
+            name="user_split", dtype=String, description="train or test: which side of the evaluation the user is on."
+        ),
+    ],
+    source=_source("impressions"),
+    # read offline only (training, evaluation); nothing serves it online
+    online=False,
+    description="One row per ad shown to a user (event_timestamp is when it was shown).",
+    tags={"llmhyper.role": "impressions"},
 )

@@ -23,7 +23,7 @@ import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -64,18 +64,37 @@ class GenerationConfig(BaseModel):
     reasoning: bool = False
     include_caption: bool = True
     send_image: bool = False
-    max_abs: float = Field(3.0, gt=0)
+    max_abs: Literal["auto"] | Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        "auto",
+        description="largest |weight| the prompt states and answers keep; 'auto' derives it from the warm ads' "
+        "trained weights (1.2x the largest, so copying an example is never rejected); answers up to 3x beyond it "
+        "are clipped and recorded, larger ones rejected",
+    )
     concurrency: int = Field(4, ge=1, le=256)
     seed: int = 0
     allow_fallback: bool = Field(
         False, description="let prior weights from a run that could not reach the backend replace stored LLM weights"
     )
+    judge: Literal["off", "on"] = Field(
+        "off", description="a second LLM call flags weights that contradict the ad; flagged batches are redone once"
+    )
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_from_bool(cls, value: Any) -> Any:
+        # YAML 1.1 reads the words on/off as booleans
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class CalibrationConfig(BaseModel):
     model_config = _STRICT
     scale: Literal["unit", "neighbours"] = "neighbours"
     alpha_weighting: Literal["similarity", "mean"] = "similarity"
+    alpha_source: Literal["neighbours", "learned"] = Field(
+        "neighbours",
+        description="target mean CTR: the retrieved neighbours' (see alpha_weighting) or the learned prior's "
+        "estimate (needs prior.name learned or blend)",
+    )
     user_sample: int = Field(20000, ge=1)
 
 
@@ -119,6 +138,42 @@ class InputsConfig(BaseModel):
         return tuple(p for p in value.split(os.pathsep) if p) if isinstance(value, str) else value
 
 
+class UserPriorsConfig(BaseModel):
+    """User priors (``llmhyper priors``): which users are inferred, what the prompt holds, how lists are judged."""
+
+    model_config = _STRICT
+    k: int = Field(20, ge=1, le=200, description="advertisers in each user's ranked list")
+    max_interests: int = Field(5, ge=0, le=20, description="interests asked for per user")
+    active_days: int = Field(90, ge=1, description="a daily run selects users with an event in this many days")
+    history_days: int = Field(180, ge=1, description="events this old or newer enter the profile")
+    pool_top: int = Field(20, ge=0, description="top advertisers of the period added to every user's candidates")
+    pool_max: int = Field(60, ge=1, description="largest candidate pool (the user's own advertisers come first)")
+    token_budget: int = Field(500, ge=50, description="estimated tokens the profile text may take")
+    min_z: float = Field(1.0, ge=0, description="user features this many standard deviations from the mean are shown")
+    max_features: int = Field(6, ge=0, description="most user features shown in a profile")
+    fallback: Literal["frequent", "popularity", "cooccurrence"] = Field(
+        "frequent", description="the baseline that replaces an answer that failed validation twice"
+    )
+    chunk_size: int = Field(32, ge=1, description="users per checkpointed chunk")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(400, ge=16, description="tokens an answer may take")
+    window_days: int = Field(30, ge=1, description="evaluate: label window after the snapshot")
+    eval_users: int = Field(300, ge=2, description="evaluate: held-out users sampled (LLM calls per run)")
+    bootstrap: int = Field(1000, ge=10, description="evaluate: bootstrap resamples for the intervals")
+    eval_share: float = Field(
+        0.3,
+        gt=0.0,
+        lt=1.0,
+        description="share of users held out for evaluate (chosen by a hash of the user id); sft-data never uses them",
+    )
+    use_as_features: bool = Field(
+        False,
+        description="register the view user_prior_features as user features (read by feast apply: re-apply, then "
+        "retrain, after changing it); off keeps the feature schema and every LLM-HYPER number unchanged",
+    )
+    seed: int = 0
+
+
 class Settings(BaseModel):
     """Everything llmhyper.yaml may hold."""
 
@@ -131,6 +186,7 @@ class Settings(BaseModel):
     warm: WarmConfig = WarmConfig()
     gate: GateConfig = GateConfig()
     inputs: InputsConfig = InputsConfig()
+    user_priors: UserPriorsConfig = UserPriorsConfig()
 
     def with_overrides(self, **flags: Any) -> Settings:
         """A copy with dotted-key overrides (``{"generation.shots": 3}``); None values are ignored."""

@@ -7,8 +7,10 @@ LR_cold, and the reason is recorded.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,12 +23,35 @@ from llmhyper_feast.generation.staleness import weights_version
 from llmhyper_feast.store.redact import redact
 from llmhyper_feast.training.warm import LRCold
 
+if TYPE_CHECKING:
+    from llmhyper_feast.features import Ad
+    from llmhyper_feast.generation.policy import Policy
 
-def _alpha(row: Any, calibration: CalibrationConfig, lr_cold: LRCold) -> float:
+
+def _learned_alpha(row: Any) -> float | None:
+    """The prior's mean-CTR estimate logged with the row, None when absent or unusable."""
+    try:
+        est = float(row.get("prior_alpha", float("nan")))
+    except (TypeError, ValueError):
+        return None
+    return est if 0.0 < est < 1.0 else None
+
+
+def _alpha(row: Any, calibration: CalibrationConfig, lr_cold: LRCold) -> tuple[float, str]:
+    """Target mean CTR under ``calibration.alpha_source``, and a note when the learned one was unavailable."""
+    note = ""
+    if calibration.alpha_source == "learned":
+        est = _learned_alpha(row)
+        if est is not None:
+            return est, ""
+        note = (
+            f"alpha: no learned mean-CTR estimate in the log row (prior '{row.get('prior', '?')}'), used the "
+            "neighbours'; regenerate with prior.name learned or blend (llmhyper materialize --force)"
+        )
     ctrs, sims = np.asarray(row["neighbour_ctrs"], float), np.asarray(row["similarities"], float)
     if len(ctrs) == 0:
-        return lr_cold.mean_ctr
-    return neighbour_alpha(ctrs, sims, weighting=calibration.alpha_weighting)
+        return lr_cold.mean_ctr, note
+    return neighbour_alpha(ctrs, sims, weighting=calibration.alpha_weighting), note
 
 
 def _result(cal: Calibrated, alpha: float, origin: str, reasons: list[str]) -> dict[str, Any]:
@@ -56,7 +81,8 @@ def calibrate_row(row: Any, users: np.ndarray, calibration: CalibrationConfig, l
             kwargs["similarities"] = np.asarray(row["similarities"], float)
     origin, reasons = row["origin"], [row["fallback_reason"]] if row["fallback_reason"] else []
     try:
-        alpha = _alpha(row, calibration, lr_cold)
+        alpha, note = _alpha(row, calibration, lr_cold)
+        reasons.append(note)
     except CalibrationError as exc:
         alpha, origin = lr_cold.mean_ctr, "fallback"
         reasons.append(f"alpha: {exc}")
@@ -124,3 +150,15 @@ def generated_rows(
             }
         )
     return pd.DataFrame(rows)
+
+
+def with_policy_tags(rows: pd.DataFrame, ads: Iterable[Ad], policy: Policy) -> pd.DataFrame:
+    """``rows`` with the ``policy_tags`` column: per ad, the JSON list of content rules it triggers."""
+    from llmhyper_feast.generation.policy import tag_ad
+
+    by_id = {a.ad_id: a for a in ads}
+    missing = sorted(set(rows["ad_id"]) - set(by_id)) if len(rows) else []
+    if missing:
+        raise DataError(f"Rows for ads {missing[:5]} have no ad content to tag; load their content first.")
+    tags = [json.dumps(list(tag_ad(by_id[a], policy))) for a in rows["ad_id"]]
+    return rows.assign(policy_tags=tags)

@@ -42,6 +42,20 @@ def _register() -> None:
     for module in (demo, weights, store, evaluation, serving, report, coupon):
         for command in module.COMMANDS:
             cli.add_command(command)
+    _register_trust()
+    from llmhyper_feast.cli import setup as _setup
+    from llmhyper_feast.cli.priors import priors  # user priors (issue 13)
+
+    cli.add_command(priors)
+    cli.add_command(_setup.init)  # issue 11: scaffold a repo
+    cli.add_command(_setup.doctor)  # issue 11: check a repo
+
+
+def _register_trust() -> None:
+    from llmhyper_feast.cli import robustness
+
+    for command in robustness.COMMANDS:
+        cli.add_command(command)
 
 
 _register()

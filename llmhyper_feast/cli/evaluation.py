@@ -87,11 +87,15 @@ def backtest(repo: Path, sample: int, impressions: Path | None, fmt: str, quiet:
         emit_json(summary)
         return
     click.echo(f"backtest of {summary['backend']} on {len(r['ads'])} warm ads (saved for the deployment gate)")
-    click.echo(f"  cosine with trained weights   {r['cosine']:.3f}   (prior {r['knn_cosine']:.3f})")
+    click.echo(f"  cosine with trained weights   {r['cosine']:.3f}   (prior {r['knn_cosine']:.3f}, {r['prior']})")
     click.echo(f"  Spearman with trained weights {r['spearman']:.3f}   (prior {r['knn_spearman']:.3f})")
     click.echo(
         f"  within-ad click GAUC          {r['click_gauc']:.3f}   (prior {r['knn_click_gauc']:.3f}, "
         f"trained {r['trained_click_gauc']:.3f})"
+    )
+    click.echo(
+        f"  learned prior                 cosine {r['learned_cosine']:.3f}, Spearman {r['learned_spearman']:.3f}, "
+        f"click GAUC {r['learned_click_gauc']:.3f}"
     )
     click.echo(f"  best blend lambda (llm share) {r['best_lambda']:.2f}; fallbacks {r['fallbacks']}")
 

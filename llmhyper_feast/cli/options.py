@@ -61,6 +61,7 @@ SETTING_FLAGS: dict[str, str] = {
     "send_image": "generation.send_image",
     "concurrency": "generation.concurrency",
     "allow_fallback": "generation.allow_fallback",
+    "judge": "generation.judge",
 }
 
 _BACKEND_OPTIONS = [
@@ -85,6 +86,12 @@ _BACKEND_OPTIONS = [
     click.option("--caption/--no-caption", default=None, help="Include image captions in prompts."),
     click.option("--send-image/--no-send-image", default=None, help="Attach the ad image (multimodal models)."),
     click.option("--concurrency", type=int, default=None, help="LLM calls in flight."),
+    click.option(
+        "--judge",
+        type=click.Choice(["off", "on"]),
+        default=None,
+        help="Check each batch of weights with a second LLM call; redo flagged ones once. Setting: generation.judge.",
+    ),
 ]
 
 

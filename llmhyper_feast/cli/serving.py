@@ -143,6 +143,14 @@ def rank(
 )
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="Log one line per request.")
 @click.option(
+    "--online-lookup",
+    type=click.Choice(["auto", "sqlite", "feast"]),
+    default="auto",
+    show_default=True,
+    help="How user features are read: auto (direct reads of a SQLite online store, else the Feast SDK), "
+    "sqlite or feast (the SDK's get_online_features).",
+)
+@click.option(
     "--max-body-bytes",
     type=click.IntRange(min=1024),
     default=64 * 1024,
@@ -159,6 +167,7 @@ def serve(
     log_level: str,
     access_log: bool,
     max_body_bytes: int,
+    online_lookup: str,
 ) -> None:
     """Serve POST /rank and GET /health over HTTP (uvicorn, one process)."""
     from llmhyper_feast.serving.http import serve as run
@@ -167,7 +176,9 @@ def serve(
 
     model_dir = _models_dir(repo, models)
     with without_torch():  # Feast would load torch (~500 MB) for nothing serving uses
-        ranker = Ranker(repo, model_dir, unknown_user=unknown_user, reload_interval=reload_interval)
+        ranker = Ranker(
+            repo, model_dir, unknown_user=unknown_user, reload_interval=reload_interval, online_lookup=online_lookup
+        )
     info = ranker.health()
     click.echo(
         f"serving {info['n_ads']} ads (model {info['model_version']}, features {info['feature_hash']}) "

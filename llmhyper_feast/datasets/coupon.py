@@ -482,6 +482,7 @@ def build_coupon_repo(
         }
     )
     ts = pd.Timestamp(REFERENCE_TIME)
+    impressions["event_timestamp"] = ts  # the survey has no times: one instant (the impressions view needs one)
     for view in USER_VIEWS:
         cols = [f.name for f in FEATURES if f.view == view]
         users[["user_id", *cols]].assign(event_timestamp=ts).to_parquet(data / f"{view}.parquet", index=False)

@@ -248,3 +248,86 @@ CATEGORIES: tuple[Category, ...] = (
 )
 
 BEHAVIOUR_FEATURES = ("deal_seeking", "premium_affinity", "mobile_share", "vegetarian")
+
+
+@dataclass(frozen=True)
+class Advertiser:
+    """A brand that buys ads in one category (the unit user priors predict)."""
+
+    advertiser_id: str
+    name: str
+    category: str
+
+
+# Three invented brands per category; an ad's advertiser is one of its category's brands.
+_BRANDS: dict[str, tuple[str, str, str]] = {
+    "toys_games": ("Brickhaven", "Puzzleworks", "Tumbletop Games"),
+    "fashion": ("Linea Moda", "Norththread", "Saltmarsh Apparel"),
+    "beauty": ("Glowfield", "Maison Ambre", "Dewline"),
+    "electronics": ("Voltway", "Quill Audio", "Pixelhart"),
+    "home_furniture": ("Oakroom", "Nestform", "Lumen & Loom"),
+    "cooking": ("Ironleaf Kitchen", "Whiskwell", "Ember Butchery"),
+    "fitness": ("Stridecore", "Liftlab", "Zen Flow"),
+    "outdoor": ("Ridgeline Gear", "Riverbend Outfitters", "Summit Shell"),
+    "travel": ("Wanderbay", "Blue Horizon Resorts", "Skyhop"),
+    "automotive": ("Gripline Tyres", "Voltcar", "Shinebay Car Care"),
+    "pets": ("Pawsome", "Whisker & Co", "Tailtrack"),
+    "books": ("Pageturner", "Earshelf Audio", "Learnloop"),
+    "finance": ("Cobalt Bank", "Harbour Insure", "Steadyvest"),
+    "video_games": ("Nebula Play", "Pocket Legion", "Keystrike"),
+    "baby_kids": ("Tiny Steps", "Cottonbud Baby", "Little Nest"),
+    "gardening": ("Greenthumb Seeds", "Mowright", "Patio Teak"),
+}
+
+ADVERTISERS: tuple[Advertiser, ...] = tuple(
+    Advertiser(f"adv{c * 3 + b:03d}", name, cat.feature)
+    for c, cat in enumerate(CATEGORIES)
+    for b, name in enumerate(_BRANDS[cat.feature])
+)
+
+
+def advertisers_of(category: str) -> tuple[Advertiser, ...]:
+    """The brands of ``category``, in id order."""
+    return tuple(a for a in ADVERTISERS if a.category == category)
+
+
+# --- counterfactual rewrites for the robustness check (jobs/robustness.py) ------------------------
+# Per category feature: a phrase that strengthens the ad's pull on that interest, one that steers
+# the ad away from it, and a broader noun that names the product without the category.
+COUNTERFACTUAL_PHRASES: dict[str, tuple[str, str, str]] = {
+    "toys_games": ("a hit with kids who love to play and build", "sold as a desk ornament, not a toy", "leisure item"),
+    "fashion": ("the look of the season for style lovers", "plain workwear, no fashion involved", "everyday item"),
+    "beauty": ("a must for your skincare and make-up routine", "an unscented basic with no beauty claims", "item"),
+    "electronics": ("packed with the latest tech for gadget fans", "low-tech and offline by design", "device"),
+    "home_furniture": ("the centrepiece your home deserves", "made for office lobbies, not homes", "item"),
+    "cooking": ("for home cooks who love their kitchen", "ready-made, no cooking needed", "household item"),
+    "fitness": ("train harder and hit your workout goals", "for lazy days on the sofa, no exercise", "product"),
+    "outdoor": ("built for trails, camping and the wild", "for indoor use only", "leisure product"),
+    "travel": ("your next getaway starts here", "stay at home and skip the trip", "offer"),
+    "automotive": ("for drivers who love their car", "for people who never drive", "accessory"),
+    "pets": ("your dog or cat will love it", "for pet-free homes", "household product"),
+    "books": ("for readers who love a good story", "no reading required", "product"),
+    "finance": ("grow your savings and investments", "no accounts, no fees, no money talk", "service"),
+    "video_games": ("for gamers who want the next level", "a screen-free alternative to gaming", "product"),
+    "baby_kids": ("made for babies and young children", "for adults only", "family product"),
+    "gardening": ("for gardeners with green fingers", "for homes without a garden", "household item"),
+}
+
+
+def counterfactual_variants(title: str, caption: str) -> tuple[str, dict[str, tuple[str, str]]] | None:
+    """The target feature and hand-written (title, caption) rewrites of a demo ad, by variant.
+
+    Variants are ``enhanced``, ``diminished`` and ``neutralized`` with respect to the ad's
+    category feature (its labelled most important feature). The ad is recognised by its
+    caption, which the demo world copies from the catalog; None for any other ad.
+    """
+    for cat in CATEGORIES:
+        for product in cat.products:
+            if product.caption == caption:
+                enhance, diminish, generic = COUNTERFACTUAL_PHRASES[cat.feature]
+                return cat.feature, {
+                    "enhanced": (f"{title}: {enhance}", f"{caption}, {enhance}"),
+                    "diminished": (f"{title}: {diminish}", f"{caption}, {diminish}"),
+                    "neutralized": (f"A new {generic} for everyone", f"A {generic} shown on a plain background"),
+                }
+    return None

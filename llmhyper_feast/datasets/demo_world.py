@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmhyper_feast.datasets.demo_catalog import BEHAVIOUR_FEATURES, CATEGORIES, HOOKS, Category, Product
+from llmhyper_feast.datasets.demo_catalog import (
+    ADVERTISERS,
+    BEHAVIOUR_FEATURES,
+    CATEGORIES,
+    HOOKS,
+    Category,
+    Product,
+    advertisers_of,
+)
 from llmhyper_feast.errors import ConfigError
 from llmhyper_feast.store.layout import RepoLayout
 
@@ -25,6 +33,10 @@ REFERENCE_TIME = datetime(2026, 11, 1, tzinfo=UTC)
 # file names come from the repo layout: build_world writes into <repo>/data
 TRUTH_FILE = RepoLayout(Path(".")).demo_truth.name
 IMPRESSIONS_FILE = RepoLayout(Path(".")).impressions.name
+HISTORY_FILE = RepoLayout(Path(".")).user_history.name
+ADVERTISERS_FILE = RepoLayout(Path(".")).advertisers.name
+HISTORY_DAYS = 180  # user histories cover this many days before REFERENCE_TIME
+HISTORY_STREAM = 13  # histories draw from default_rng([seed, 13]): the ad world keeps its draws
 
 
 @dataclass(frozen=True)
@@ -167,15 +179,22 @@ def build_world(data_dir: str | Path, size: WorldSize = WorldSize(), *, progress
     imps.insert(0, "user_id", users["user_id"].to_numpy()[imps["user_idx"]])
     imps["user_split"] = np.where(test_users[imps["user_idx"]], "test", "train")
     imps = imps.drop(columns="user_idx")
+    # the impressions view's event time: logged in file order, a microsecond apart (no random draw)
+    imps["event_timestamp"] = pd.Timestamp(REFERENCE_TIME) + pd.to_timedelta(np.arange(len(imps)), unit="us")
 
     ts = pd.Timestamp(REFERENCE_TIME)
     interests = users[["user_id", *INTEREST_FEATURES]].assign(event_timestamp=ts)
     behaviour = users[["user_id", *BEHAVIOUR_FEATURES]].assign(event_timestamp=ts)
     interests.to_parquet(data / "user_interests.parquet", index=False)
     behaviour.to_parquet(data / "user_behaviour.parquet", index=False)
-    pd.DataFrame(ad_rows).to_parquet(data / "ad_content.parquet", index=False)
+    content = pd.DataFrame(ad_rows)
+    content.insert(content.columns.get_loc("event_timestamp"), "advertiser_id", _ad_advertisers(truth_rows))
+    content.to_parquet(data / "ad_content.parquet", index=False)
     pd.DataFrame(truth_rows).to_parquet(data / TRUTH_FILE, index=False)
     imps.to_parquet(data / IMPRESSIONS_FILE, index=False)
+    history = _user_history(size, users, content)
+    history.to_parquet(data / HISTORY_FILE, index=False)
+    _advertiser_table(content).to_parquet(data / ADVERTISERS_FILE, index=False)
     return {
         "users": size.users,
         "retired_ads": size.retired,
@@ -183,4 +202,86 @@ def build_world(data_dir: str | Path, size: WorldSize = WorldSize(), *, progress
         "impressions": len(imps),
         "clicks": int(imps["clicked"].sum()),
         "test_users": int(test_users.sum()),
+        "history_events": len(history),
+        "conversions": int((history["event"] == "conversion").sum()),
     }
+
+
+# --- advertisers and user histories (user priors); drawn after, and apart from, the ad world ---
+
+
+def _ad_advertisers(truth_rows: list[dict]) -> list[str]:
+    """Each ad's advertiser: its category's brands in turn (no random draw, so nothing above moves)."""
+    seen: dict[str, int] = {}
+    out = []
+    for row in truth_rows:
+        brands = advertisers_of(row["category"])
+        i = seen.get(row["category"], 0)
+        seen[row["category"]] = i + 1
+        out.append(brands[i % len(brands)].advertiser_id)
+    return out
+
+
+def _advertiser_table(content: pd.DataFrame) -> pd.DataFrame:
+    """Advertisers that have at least one ad: id, name, category."""
+    used = set(content["advertiser_id"])
+    rows = [
+        {"advertiser_id": a.advertiser_id, "name": a.name, "category": a.category}
+        for a in ADVERTISERS
+        if a.advertiser_id in used
+    ]
+    return pd.DataFrame(rows).assign(event_timestamp=pd.Timestamp(REFERENCE_TIME))
+
+
+def _user_history(size: WorldSize, users: pd.DataFrame, content: pd.DataFrame) -> pd.DataFrame:
+    """Impressions, clicks and conversions of every user over HISTORY_DAYS, driven by their interests.
+
+    Each user has a fixed taste over advertisers: the interest in the advertiser's category, the
+    advertiser's popularity, and a personal brand affinity. Visits sample that taste; a visit may
+    lead to a click, and a click to a conversion more often in categories the user cares about.
+    So the next converting advertiser follows the user's past advertisers, the popular ones and
+    the user's interests, none of them alone.
+    """
+    rng = np.random.default_rng([size.seed, HISTORY_STREAM])
+    adv_ids = sorted(set(content["advertiser_id"]))
+    category = {a.advertiser_id: a.category for a in ADVERTISERS}
+    cat_col = np.array([INTEREST_FEATURES.index(category[a]) for a in adv_ids])
+    n, m = len(users), len(adv_ids)
+    interest = users[list(INTEREST_FEATURES)].to_numpy(np.float64)[:, cat_col]  # [users, advertisers]
+    popularity = rng.lognormal(0.0, 0.8, m)
+    taste = 3.0 * interest + np.log(popularity) + 1.2 * rng.gumbel(size=(n, m))
+    taste = np.exp(taste - taste.max(axis=1, keepdims=True))
+    cum = np.cumsum(taste / taste.sum(axis=1, keepdims=True), axis=1)
+    activity = interest.sum(axis=1) / max(interest.sum(axis=1).mean(), 1e-9)
+    visits = rng.poisson(np.clip(6 + 20 * activity, 1, 120))
+    who = np.repeat(np.arange(n), visits)
+    draws = rng.random(len(who))
+    adv = np.minimum((cum[who] < draws[:, None]).sum(axis=1), m - 1)
+    start = pd.Timestamp(REFERENCE_TIME) - pd.Timedelta(days=HISTORY_DAYS)
+    seconds = rng.uniform(0, HISTORY_DAYS * 86400 - 7200, len(who))
+    by_adv = content.sort_values(["advertiser_id", "ad_id"])
+    counts = by_adv.groupby("advertiser_id").size().reindex(adv_ids).to_numpy()
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pick = starts[adv] + (rng.random(len(who)) * counts[adv]).astype(np.int64)
+    ad = by_adv["ad_id"].to_numpy()[pick]
+    clicked = rng.random(len(who)) < 0.3
+    converted = clicked & (rng.random(len(who)) < 0.15 + 0.6 * interest[who, adv])
+    delay = rng.uniform(60, 3600, len(who))
+    frames = [
+        pd.DataFrame({"i": who[mask], "a": adv[mask], "ad": ad[mask], "event": name, "s": seconds[mask] + offset})
+        for name, mask, offset in (
+            ("impression", np.ones(len(who), bool), 0.0),
+            ("click", clicked, 5.0),
+            ("conversion", converted, 5.0 + delay[converted]),
+        )
+    ]
+    events = pd.concat(frames, ignore_index=True).sort_values(["i", "s"], kind="stable")
+    return pd.DataFrame(
+        {
+            "user_id": users["user_id"].to_numpy()[events["i"].to_numpy()],
+            "advertiser_id": np.asarray(adv_ids, dtype=object)[events["a"].to_numpy()],
+            "ad_id": events["ad"].to_numpy(),
+            "event": events["event"].to_numpy(),
+            "event_timestamp": start + pd.to_timedelta(events["s"].to_numpy(), unit="s"),
+        }
+    ).reset_index(drop=True)

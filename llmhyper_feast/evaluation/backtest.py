@@ -29,6 +29,9 @@ SUMMARY_KEYS = (
     "click_gauc",
     "knn_click_gauc",
     "trained_click_gauc",
+    "learned_cosine",
+    "learned_spearman",
+    "learned_click_gauc",
     "best_lambda",
     "fallbacks",
 )
@@ -61,6 +64,7 @@ def run_backtest(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate weights for ``sample`` warm ads as if cold; compare with trained weights and clicks."""
+    from llmhyper_feast.generation.priors import learned_like
     from llmhyper_feast.generation.runner import generate_rows
 
     ids = sorted(inputs.warm)
@@ -71,8 +75,13 @@ def run_backtest(
     ads = [inputs.warm[i].ad for i in chosen]
     trained = np.stack([inputs.warm[i].weights for i in chosen])
     rows = generate_rows(ads, inputs, exclude_self=True, progress=progress)
+    # "knn_*" figures are the configured prior's (the gate's blend partner); "learned_*" the learned
+    # prior's, whose warm-ad predictions are leave-one-out so no ad predicts from itself
     knn = generate_rows(ads, replace(inputs, backend=None), exclude_self=True, progress=False)
+    learned_prior = learned_like(inputs.prior, inputs.warm, inputs.index.ids, inputs.index.embeddings, inputs.embedder)
+    learned_rows = generate_rows(ads, replace(inputs, backend=None, prior=learned_prior), progress=False)
     gen, prior = np.stack(rows["weights"].to_numpy()), np.stack(knn["weights"].to_numpy())
+    learned = np.stack(learned_rows["weights"].to_numpy())
     row = pd.Series(np.arange(len(user_ids)), index=user_ids)
     imps = impressions[impressions["user_id"].isin(row.index)]
     if "user_split" in imps.columns:
@@ -81,8 +90,10 @@ def run_backtest(
     best = max(blends, key=lambda lam: (blends[lam], lam))
     cos, rho = _agreement(gen, trained)
     kcos, krho = _agreement(prior, trained)
+    lcos, lrho = _agreement(learned, trained)
     return {
         "backend": inputs.source_id,
+        "prior": inputs.prior.source_id,
         "feature_hash": inputs.schema.hash,
         "ads": chosen,
         "cosine": cos,
@@ -92,6 +103,9 @@ def run_backtest(
         "click_gauc": _click_auc(gen, chosen, imps, users, row),
         "knn_click_gauc": _click_auc(prior, chosen, imps, users, row),
         "trained_click_gauc": _click_auc(trained, chosen, imps, users, row),
+        "learned_cosine": lcos,
+        "learned_spearman": lrho,
+        "learned_click_gauc": _click_auc(learned, chosen, imps, users, row),
         "fallbacks": int((rows["origin"] == "fallback").sum()),
         "blend_cosine": blends,
         "best_lambda": best,
@@ -101,8 +115,14 @@ def run_backtest(
     }
 
 
-def gate_decision(gate: GateConfig, backtest: dict[str, Any] | None, backend: str) -> tuple[str, float]:
-    """What materialize does with LLM weights: (decision text, lambda applied to llm vs prior)."""
+def gate_decision(
+    gate: GateConfig, backtest: dict[str, Any] | None, backend: str, prior: str | None = None
+) -> tuple[str, float]:
+    """What materialize does with LLM weights: (decision text, lambda applied to llm vs prior).
+
+    ``prior`` (the configured prior's source id), when given, must be the prior the backtest
+    compared with: the blend partner is the configured prior.
+    """
     if gate.mode == "off" or backend.startswith("prior:"):
         return "no gate", 1.0
     if backtest is None or backtest.get("backend") != backend:
@@ -110,17 +130,24 @@ def gate_decision(gate: GateConfig, backtest: dict[str, Any] | None, backend: st
             f"The deployment gate (gate.mode={gate.mode}) needs a backtest of backend '{backend}'. "
             "Run `llmhyper backtest` with the same backend options first, or set gate.mode: off."
         )
-    worse = backtest["cosine"] < backtest["knn_cosine"]
+    if prior is not None and backtest.get("prior", "prior:knn") != prior:
+        raise ConfigError(
+            f"The deployment gate (gate.mode={gate.mode}) needs a backtest against the configured prior '{prior}', "
+            f"but the saved one compared with '{backtest.get('prior', 'prior:knn')}'. "
+            "Run `llmhyper backtest` with the same --prior first, or set gate.mode: off."
+        )
+    worse = backtest["cosine"] < backtest["knn_cosine"]  # knn_cosine: the configured prior's
+    prior = str(backtest.get("prior", "prior:knn")).removeprefix("prior:").split("[", 1)[0]
     if gate.mode == "blend":
         lam = float(backtest["best_lambda"])
         return f"blend:{lam:.2f}", lam
     if worse and gate.mode == "refuse":
         raise GateRefusedError(
-            f"Backend '{backend}' backtests worse than the kNN prior (cosine {backtest['cosine']:.3f} < "
-            f"{backtest['knn_cosine']:.3f}); materialize refused. "
+            f"Backend '{backend}' backtests worse than the {'kNN' if prior == 'knn' else repr(prior)} prior "
+            f"(cosine {backtest['cosine']:.3f} < {backtest['knn_cosine']:.3f}); materialize refused. "
             "Use --llm none (the prior alone), a stronger model, or gate.mode: blend."
         )
-    return ("warn:worse-than-knn" if worse else "pass"), 1.0
+    return (f"warn:worse-than-{prior}" if worse else "pass"), 1.0
 
 
 def save(path: str | Path, result: dict[str, Any]) -> None:

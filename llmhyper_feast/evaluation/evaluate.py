@@ -24,6 +24,7 @@ from llmhyper_feast.store.layout import RepoLayout
 from llmhyper_feast.training.warm import LRCold, fit_ad
 
 BASELINE = "lr_cold"
+CEILING = "lr_warm"  # ndcg@10_gap_closed: the share of the BASELINE -> CEILING gap a model closes
 
 
 @dataclass
@@ -189,7 +190,8 @@ def score_table(
     seed: int = 0,
     true_top: list[list[int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Metrics per model, with paired-bootstrap CIs of the difference to LR_cold."""
+    """Metrics per model, with paired-bootstrap CIs of the difference to LR_cold and the share of the
+    LR_cold -> LR_warm NDCG@10 gap closed."""
     y = data.test_clicked
     per_user: dict[str, dict[str, np.ndarray]] = {}
     rows = []
@@ -213,6 +215,11 @@ def score_table(
             row["hr@5"] = metrics.hit_rate_at_k(res.weights, [{t[0]} for t in true_top], 5)
             row["coverage@5"] = metrics.coverage_at_k(res.weights, [set(t) for t in true_top], 5)
         rows.append(row)
+    by_model = {r["model"]: r for r in rows}
+    if BASELINE in by_model and CEILING in by_model:
+        gap = by_model[CEILING]["ndcg@10"] - by_model[BASELINE]["ndcg@10"]
+        for row in rows:
+            row["ndcg@10_gap_closed"] = (row["ndcg@10"] - by_model[BASELINE]["ndcg@10"]) / gap if gap else float("nan")
     if BASELINE in per_user:
         for row in rows:
             for key in ("ndcg@10", "auc"):

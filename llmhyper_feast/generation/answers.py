@@ -2,9 +2,13 @@
 
 An answer holds one number per requested user feature, either at the top level
 (``{"age": 0.2, ...}``) or, in the reasoning variant, under ``"weights"`` after four text
-fields. Validation is strict on purpose: numbers written as strings, NaN/Infinity, duplicate
-keys, missing or extra keys, values beyond ``max_abs`` and truncated output are all rejected,
-because a server that claims to enforce the schema may still not do it.
+fields. Validation is strict on form, because a server that claims to enforce the schema may
+still not do it: numbers written as strings, NaN/Infinity, duplicate keys, missing or extra keys
+and truncated output are rejected. It is lenient on size, because the examples in the prompt
+define the scale: a value up to ``GARBAGE_FACTOR`` times ``max_abs`` is clipped to ``max_abs``
+and recorded; only values beyond that are garbage and rejected. ``answer_limit`` derives
+``max_abs`` from the trained weights the examples show, so a model that copies its closest
+example is never rejected.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +27,10 @@ if TYPE_CHECKING:
     from llmhyper_feast.backends.llm.base import ChatRequest, LLMBackend
 
 __all__ = [
+    "GARBAGE_FACTOR",
     "REASONING_FIELDS",
     "WeightOutcome",
+    "answer_limit",
     "answer_schema",
     "parse_answer",
     "parse_reasoning",
@@ -37,6 +43,35 @@ REASONING_FIELDS: tuple[str, ...] = ("analysis", "alignment", "key_factors", "su
 # The only tolerated wrapping: one Markdown code fence around the whole answer.
 _FENCE = re.compile(r"\A```(?:json|JSON)?\s*(?P<body>.*?)\s*```\Z", re.DOTALL)
 _SNIPPET = 80
+
+#: Answers up to this multiple of ``max_abs`` are clipped to ``max_abs``; beyond it they are garbage.
+GARBAGE_FACTOR = 3.0
+#: Headroom of the derived range over the largest trained weight shown to the model.
+_MARGIN = 1.2
+_DEFAULT_LIMIT = 3.0
+
+
+def answer_limit(warm_weights: Iterable[Iterable[float]], configured: float | str = "auto") -> tuple[float, float]:
+    """(limit, scale): the answer scale shared by the examples, the prompt and validation.
+
+    Every example the prompt can show is a warm ad, so the scale comes from the warm ads'
+    trained weights. ``configured="auto"``: limit = 1.2 times the largest |weight|, rounded up
+    to a multiple of 0.5, at least 1 (3 without warm ads), and scale 1. A number is the limit;
+    when the warm weights (with the same 1.2 headroom) exceed it, scale < 1 shrinks the examples
+    onto it, and answers are divided by the scale to map them back.
+    """
+    largest = 0.0
+    for weights in warm_weights:
+        finite = [abs(float(w)) for w in weights if math.isfinite(float(w))]
+        largest = max([largest, *finite])
+    if configured == "auto":
+        if largest == 0.0:
+            return _DEFAULT_LIMIT, 1.0
+        return max(1.0, math.ceil(largest * _MARGIN * 2) / 2), 1.0
+    if isinstance(configured, bool) or not isinstance(configured, (int, float)) or not 0 < configured < math.inf:
+        raise InputError(f"generation.max_abs must be 'auto' or a finite number > 0. Got {configured!r} instead.")
+    limit = float(configured)
+    return limit, min(1.0, limit / (largest * _MARGIN)) if largest > 0 else 1.0
 
 
 def answer_schema(feature_names: Sequence[str], *, reasoning: bool = False, max_abs: float = 3.0) -> dict[str, Any]:
@@ -71,17 +106,18 @@ def parse_answer(
 ) -> dict[str, float]:
     """Validate one answer and return its weights as ``{feature: float}`` in ``feature_names`` order.
 
-    Raises AnswerError listing every problem found (missing/extra/duplicate keys, values that
-    are not JSON numbers, NaN/Infinity, values beyond ``max_abs``, empty, refused or
+    Values beyond ``max_abs`` (up to ``GARBAGE_FACTOR`` times it) come back clipped to
+    ``max_abs``. Raises AnswerError listing every problem found (missing/extra/duplicate keys,
+    values that are not JSON numbers, NaN/Infinity, garbage magnitudes, empty, refused or
     truncated text).
     """
-    weights, _ = _parse(text, _check_names(feature_names), reasoning=reasoning, max_abs=max_abs)
+    weights, _, _ = _parse(text, _check_names(feature_names), reasoning=reasoning, max_abs=max_abs)
     return weights
 
 
 def parse_reasoning(text: str, feature_names: Sequence[str], *, max_abs: float = 3.0) -> dict[str, str]:
     """Validate a reasoning-variant answer and return its text fields (analysis, alignment, ...)."""
-    _, texts = _parse(text, _check_names(feature_names), reasoning=True, max_abs=max_abs)
+    _, texts, _ = _parse(text, _check_names(feature_names), reasoning=True, max_abs=max_abs)
     return texts
 
 
@@ -144,10 +180,15 @@ def _decode(text: str) -> tuple[Any, list[str]]:
     return value, duplicates
 
 
-def _check_weights(obj: Any, names: tuple[str, ...], max_abs: float, where: str) -> tuple[dict[str, float], list[str]]:
+def _check_weights(
+    obj: Any, names: tuple[str, ...], max_abs: float, where: str
+) -> tuple[dict[str, float], list[str], list[str]]:
+    """(weights with mild excess clipped, problems, clip records like ``"age: 3.4 -> 3"``)."""
     problems: list[str] = []
+    clipped: list[str] = []
     if not isinstance(obj, dict):
-        return {}, [f"{where} must be a JSON object; got {type(obj).__name__} {_snippet(json.dumps(obj, default=str))}"]
+        kind = type(obj).__name__
+        return {}, [f"{where} must be a JSON object; got {kind} {_snippet(json.dumps(obj, default=str))}"], clipped
     missing = [n for n in names if n not in obj]
     extra = [k for k in obj if k not in names]
     if missing:
@@ -166,8 +207,11 @@ def _check_weights(obj: Any, names: tuple[str, ...], max_abs: float, where: str)
             not_numbers.append(f"{name}={json.dumps(value, default=str)}")
         elif not math.isfinite(value):
             non_finite.append(f"{name}={value}")
-        elif abs(value) > max_abs:
+        elif abs(value) > max_abs * GARBAGE_FACTOR:
             too_large.append(f"{name}={value}")
+        elif abs(value) > max_abs:
+            weights[name] = math.copysign(float(max_abs), value)
+            clipped.append(f"{name}: {value:g} -> {weights[name]:g}")
         else:
             weights[name] = float(value)
     if not_numbers:
@@ -175,15 +219,18 @@ def _check_weights(obj: Any, names: tuple[str, ...], max_abs: float, where: str)
     if non_finite:
         problems.append(f"non-finite values {non_finite}")
     if too_large:
-        problems.append(f"values beyond +/-{max_abs:g} {too_large}")
-    return weights, problems
+        problems.append(
+            f"values far beyond the examples' range +/-{max_abs:g} (more than {GARBAGE_FACTOR:g}x) {too_large}"
+        )
+    return weights, problems, clipped
 
 
 def _parse(
     text: str, names: tuple[str, ...], *, reasoning: bool, max_abs: float
-) -> tuple[dict[str, float], dict[str, str]]:
+) -> tuple[dict[str, float], dict[str, str], list[str]]:
     value, duplicates = _decode(text)
     problems: list[str] = []
+    clipped: list[str] = []
     if duplicates:
         problems.append(f"duplicate keys {sorted(set(duplicates))}")
     texts: dict[str, str] = {}
@@ -206,16 +253,16 @@ def _parse(
             elif key in value:
                 texts[key] = value[key]
         if "weights" in value:
-            weights, more = _check_weights(value["weights"], names, max_abs, "'weights'")
+            weights, more, clipped = _check_weights(value["weights"], names, max_abs, "'weights'")
             problems.extend(f"in 'weights': {p}" for p in more)
         else:
             weights = {}
     else:
-        weights, more = _check_weights(value, names, max_abs, "The answer")
+        weights, more, clipped = _check_weights(value, names, max_abs, "The answer")
         problems.extend(more)
     if problems:
         raise AnswerError("The answer failed validation: " + "; ".join(problems) + ".")
-    return weights, texts
+    return weights, texts, clipped
 
 
 @dataclass
@@ -224,7 +271,8 @@ class WeightOutcome:
 
     ``samples`` holds the valid answers only; ``failed`` is set when none was valid, and the
     caller then falls back to its prior. ``reasoning`` holds the text fields of each valid
-    sample in the reasoning variant (empty dicts otherwise).
+    sample in the reasoning variant (empty dicts otherwise); ``clipped`` records every value
+    of a valid sample that was clipped to ``max_abs``.
     """
 
     samples: list[dict[str, float]] = field(default_factory=list)
@@ -237,6 +285,7 @@ class WeightOutcome:
     cached: bool = False
     failed: BackendError | AnswerError | None = None
     reasoning: list[dict[str, str]] = field(default_factory=list)
+    clipped: list[str] = field(default_factory=list)
 
 
 def _validate_result(request: ChatRequest, result: Any, prefix: str, outcome: WeightOutcome) -> list[tuple[str, str]]:
@@ -245,7 +294,7 @@ def _validate_result(request: ChatRequest, result: Any, prefix: str, outcome: We
     truncated = list(getattr(result, "truncated", []) or [])
     for i, text in enumerate(result.samples):
         try:
-            weights, texts = _parse(
+            weights, texts, clipped = _parse(
                 text, tuple(request.feature_names), reasoning=request.reasoning, max_abs=request.max_abs
             )
         except AnswerError as exc:
@@ -263,6 +312,7 @@ def _validate_result(request: ChatRequest, result: Any, prefix: str, outcome: We
             continue
         outcome.samples.append(weights)
         outcome.reasoning.append(texts)
+        outcome.clipped.extend(f"{prefix}sample {i + 1}: {c}" for c in clipped)
     return rejected
 
 

@@ -130,7 +130,9 @@ def _ad_lines(ad: Ad, include_caption: bool) -> list[str]:
     return lines
 
 
-def _examples(neighbours: Sequence[Neighbour], schema: FeatureSchema, include_caption: bool) -> str:
+def _examples(
+    neighbours: Sequence[Neighbour], schema: FeatureSchema, include_caption: bool, weight_scale: float = 1.0
+) -> str:
     if not neighbours:
         return _NO_EXAMPLES
     ordered = sorted(neighbours, key=lambda n: -float(n.similarity))
@@ -146,7 +148,7 @@ def _examples(neighbours: Sequence[Neighbour], schema: FeatureSchema, include_ca
                 f"{all(math.isfinite(w) for w in weights)}); expected {len(schema)} finite weights in "
                 "schema order. Retrain it or drop it from the warm set."
             )
-        body = ", ".join(f'"{name}": {_num(w)}' for name, w in zip(schema.names, weights))
+        body = ", ".join(f'"{name}": {_num(w * weight_scale)}' for name, w in zip(schema.names, weights))
         parts.append(
             "\n".join(
                 [
@@ -192,12 +194,14 @@ def build_messages(
     include_caption: bool = True,
     image_data_url: str | None = None,
     max_abs: float = 3.0,
+    weight_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Chat messages asking for the weights of the features in ``batch`` for the cold ``ad``.
 
     ``include_caption=False`` drops every caption (the cold ad's and the examples'): the
     no-image-information ablation. ``image_data_url`` (a ``data:image/...`` or http(s) URL)
-    attaches the ad's image as an OpenAI ``image_url`` content part.
+    attaches the ad's image as an OpenAI ``image_url`` content part. Example weights are shown
+    multiplied by ``weight_scale`` (the answer scale; the caller divides answers by it).
     """
     _check_batch(batch, schema)
     if not _clean(ad.title):
@@ -219,7 +223,9 @@ def build_messages(
         "Answer with exactly this JSON shape, replacing each placeholder with your value:\n"
         f"{answer_template(batch, reasoning=reasoning)}"
     )
-    head = _examples(neighbours, schema, include_caption) + "\n\n" + cold
+    if not (isinstance(weight_scale, (int, float)) and 0 < weight_scale < math.inf):
+        raise ConfigError(f"The 'weight_scale' parameter of build_messages must be > 0. Got {weight_scale!r} instead.")
+    head = _examples(neighbours, schema, include_caption, weight_scale) + "\n\n" + cold
     if image_data_url is None:
         content: str | list[dict[str, Any]] = head + "\n\n" + request
     else:

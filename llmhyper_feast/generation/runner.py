@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,10 @@ import pandas as pd
 
 from llmhyper_feast.backends.llm.base import ChatRequest, LLMBackend, is_fatal
 from llmhyper_feast.config import GenerationConfig
-from llmhyper_feast.errors import BackendError, DataError
+from llmhyper_feast.errors import AnswerError, BackendError, DataError
 from llmhyper_feast.features import Ad, FeatureSchema, Neighbour, WarmAd
-from llmhyper_feast.generation.answers import request_weights
-from llmhyper_feast.generation.priors import WeightPrior
+from llmhyper_feast.generation.answers import answer_limit, request_weights
+from llmhyper_feast.generation.priors import WeightPrior, prior_alpha
 from llmhyper_feast.generation.prompts import (
     PROMPT_VERSION,
     ImagePolicy,
@@ -41,6 +43,8 @@ from llmhyper_feast.store.redact import redact
 
 MIN_NEIGHBOURS = 5  # retrieved even for 0-shot prompts: the prior and alpha need them
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class GenerationInputs:
@@ -54,6 +58,20 @@ class GenerationInputs:
     config: GenerationConfig
     prior: WeightPrior
     images: ImagePolicy | None = None  # which images may be sent; None: no local image is read
+
+    @cached_property
+    def answer_scale(self) -> tuple[float, float]:
+        """(limit, scale): the range the prompt states and validation accepts, and the factor
+        applied to example weights (answers are divided by it). See ``answers.answer_limit``."""
+        limit, scale = answer_limit((w.weights for w in self.warm.values()), self.config.max_abs)
+        if scale < 1.0:
+            log.info(
+                "Example weights exceed generation.max_abs=%g: the prompt shows them scaled by %.3f and answers "
+                "are divided by it (recorded in the log's answer_scale column).",
+                limit,
+                scale,
+            )
+        return limit, scale
 
     @property
     def source_id(self) -> str:
@@ -100,7 +118,8 @@ def _requests_for(ad: Ad, neighbours: list[Neighbour], inputs: GenerationInputs)
             reasoning=cfg.reasoning,
             include_caption=cfg.include_caption,
             image_data_url=image,
-            max_abs=cfg.max_abs,
+            max_abs=inputs.answer_scale[0],
+            weight_scale=inputs.answer_scale[1],
         )
         requests.append(
             ChatRequest(
@@ -110,7 +129,7 @@ def _requests_for(ad: Ad, neighbours: list[Neighbour], inputs: GenerationInputs)
                 temperature=cfg.temperature,
                 seed=cfg.seed,
                 reasoning=cfg.reasoning,
-                max_abs=cfg.max_abs,
+                max_abs=inputs.answer_scale[0],
                 max_tokens=900 if cfg.reasoning else 40 + 14 * len(batch),
             )
         )
@@ -143,6 +162,7 @@ def _row(
         "weights": weights.tolist(),
         "weights_std": std.tolist(),
         "prior_weights": prior.tolist(),
+        "prior_alpha": prior_alpha(inputs.prior, ad, neighbours),
         "raw_samples": json.dumps(raw),
         "neighbours": json.dumps([nb.warm.ad.ad_id for nb in neighbours]),
         "similarities": [float(nb.similarity) for nb in neighbours],
@@ -150,6 +170,8 @@ def _row(
         "neighbour_norms": [float(np.linalg.norm(nb.warm.weights)) for nb in neighbours],
         "origin": origin,
         "fallback_reason": redact(reason),
+        "answer_limit": inputs.answer_scale[0],
+        "answer_scale": inputs.answer_scale[1],
         "generated_at": datetime.now(UTC),
         **usage,
     }
@@ -177,6 +199,7 @@ def _assemble(
             raw.append(None)
             continue
         mat = np.array([[s[f] for f in request.feature_names] for s in outcome.samples], dtype=np.float64)
+        mat /= inputs.answer_scale[1]  # back from the answer scale to the trained weights' scale
         weights[cols], std[cols] = mat.mean(axis=0), mat.std(axis=0)
         raw.append(mat.tolist())
         samples_used.append(len(mat))
@@ -190,9 +213,13 @@ def _assemble(
         "latency_s": float(sum(o.latency_s for o in outcomes)),
         "retried": any(o.retried for o in outcomes),
         "samples": min(samples_used) if samples_used and not failures else 0,
-        # a backend failure (auth, network, timeout) is retried by the next run; invalid answers are not
-        "backend_error": any(isinstance(o.failed, BackendError) for o in outcomes),
+        # a backend failure (auth, network, timeout) is retried by the next run; invalid answers and
+        # judge rejections (AnswerErrors) are not, and do not fail the run
+        "backend_error": any(
+            isinstance(o.failed, BackendError) and not isinstance(o.failed, AnswerError) for o in outcomes
+        ),
         "image_note": redact(note),
+        "clipped": json.dumps([c for r, o in zip(requests, outcomes) for c in o.clipped]),
     }
     origin = "fallback" if failures else "llm"
     return _row(ad, neighbours, inputs, run_id, prior, weights, std, raw, origin, "; ".join(failures), usage)
@@ -236,6 +263,7 @@ def generate_rows(
                     "samples": 0,
                     "backend_error": False,
                     "image_note": "",
+                    "clipped": "[]",
                 }
                 rows.append(_row(ad, nbs, inputs, run_id, prior, prior, np.zeros(len(prior)), [], "prior", "", usage))
         else:
@@ -245,9 +273,11 @@ def generate_rows(
             outcomes = request_weights(inputs.backend, flat, concurrency=inputs.config.concurrency, progress=False)
             wall = time.perf_counter() - t0
             fatal = next((o.failed for o in outcomes if o.failed is not None and is_fatal(o.failed)), None)
+            judged = _judge_chunk(inputs, chunk, [reqs for reqs, _ in per_ad], outcomes)
             pos = 0
-            for ad, nbs, (reqs, note) in zip(chunk, neighbours, per_ad):
+            for ad, nbs, (reqs, note), judge_cols in zip(chunk, neighbours, per_ad, judged):
                 row = _assemble(ad, nbs, reqs, outcomes[pos : pos + len(reqs)], inputs, run_id, note)
+                row.update(judge_cols)
                 row["wall_s"] = wall / len(chunk)
                 rows.append(row)
                 pos += len(reqs)
@@ -268,6 +298,16 @@ def generate_rows(
     frame = pd.DataFrame(all_rows)
     frame.attrs["stopped"] = stopped
     return frame
+
+
+# --- trust layer (generation/judge.py): the judge's call site and its rejections -------------
+
+
+def _judge_chunk(inputs: GenerationInputs, ads: Sequence[Ad], requests: list, outcomes: list) -> list[dict]:
+    """The judge's log columns per ad; regenerates or rejects flagged batches in ``outcomes``."""
+    from llmhyper_feast.generation.judge import judge_chunk
+
+    return judge_chunk(inputs, ads, requests, outcomes)
 
 
 def append_log(log_dir: str | Path, rows: pd.DataFrame, part: str) -> Path:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from llmhyper_feast.config import CalibrationConfig, GenerationConfig
 from llmhyper_feast.features import Ad, FeatureSchema
+from llmhyper_feast.generation.policy import Policy, tag_ad
 from llmhyper_feast.generation.prompts import PROMPT_VERSION
 
 __all__ = [
@@ -36,6 +37,8 @@ State = Literal["warm", "cold-current", "cold-stale", "cold-missing"]
 def input_hash(ad: Ad, schema: FeatureSchema, source_id: str, config: GenerationConfig) -> str:
     """Hash of what decides an ad's generated weights: content, features, prompt, model, options."""
     opts = config.model_dump(exclude={"concurrency", "allow_fallback"})
+    if opts.get("judge") == "off":  # so logs written before the judge existed stay current
+        opts.pop("judge")
     payload = json.dumps(
         [ad.ad_id, ad.title, ad.caption, ad.image_uri, schema.hash, PROMPT_VERSION, source_id, opts], sort_keys=True
     )
@@ -63,6 +66,12 @@ class AdState:
     @property
     def needs_write(self) -> bool:
         return self.state in ("cold-missing", "cold-stale") and self.log_row is not None and not self.held
+
+
+def _stored_tags(row: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The policy tags a stored row holds (None: a row written before tags existed)."""
+    value = row.get("policy_tags")
+    return tuple(json.loads(value)) if isinstance(value, str) and value else None
 
 
 def usable_log_rows(log: pd.DataFrame, current: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -105,8 +114,13 @@ def assess(
     source_id: str,
     generation: GenerationConfig,
     calibration: CalibrationConfig,
+    policy: Policy | None = None,
 ) -> dict[str, AdState]:
-    """The state of every ad, from the warm set, the generation log and the generated view's latest rows."""
+    """The state of every ad, from the warm set, the generation log and the generated view's latest rows.
+
+    With ``policy``, a stored row whose ``policy_tags`` differ from the ad's tags under it is stale
+    (the content rules changed: the next materialize rewrites the row, the LLM is not asked again).
+    """
     ads = list(ads)
     usable = usable_generations(ads, log, schema, source_id, generation)
     stored_by_ad = {r["ad_id"]: r for r in stored.to_dict("records")} if len(stored) else {}
@@ -128,6 +142,8 @@ def assess(
             state, why = "cold-stale", "ad content, prompt, model or generation options changed"
         elif stored_row["weights_version"] != version:
             state, why = "cold-stale", "calibration settings or a newer generation not yet written"
+        elif policy is not None and _stored_tags(stored_row) != tag_ad(ad, policy):
+            state, why = "cold-stale", f"content rules changed (policy {policy.hash or 'none'})"
         else:
             state, why = "cold-current", f"{stored_row['origin']} weights from {stored_row['llm_model']}"
             if errored:

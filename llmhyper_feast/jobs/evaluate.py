@@ -7,6 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from llmhyper_feast.config import Settings
 from llmhyper_feast.errors import ConfigError
 from llmhyper_feast.jobs.generate import build_index
@@ -22,7 +25,17 @@ ABLATIONS: dict[str, tuple[str, list[Any]]] = {
     "samples": ("generation.samples", [1, 3, 5]),
     "scale": ("calibration.scale", ["unit", "neighbours"]),
     "reasoning": ("generation.reasoning", [False, True]),
+    "alpha": ("calibration.alpha_source", ["neighbours", "learned"]),
 }
+CALIBRATION_ABLATIONS = ("scale", "alpha")  # need no LLM: they only change how weights are calibrated
+ALPHA_SOURCES = ("neighbours", "learned")
+
+
+def with_learned_alpha(rows: pd.DataFrame, learned_rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` whose missing ``prior_alpha`` is filled with the learned prior's estimate for the same ad."""
+    est = learned_rows.set_index("ad_id")["prior_alpha"]
+    own = rows["prior_alpha"] if "prior_alpha" in rows else pd.Series(np.nan, index=rows.index)
+    return rows.assign(prior_alpha=own.fillna(rows["ad_id"].map(est)))
 
 
 def evaluate(
@@ -37,6 +50,7 @@ def evaluate(
     """Every baseline, the configured backend and the requested ablations on the cold ads; saved as JSON."""
     from llmhyper_feast.evaluation import evaluate as ev
     from llmhyper_feast.evaluation.metrics import calibration_table
+    from llmhyper_feast.generation.priors import KnnPrior, WeightPrior, learned_like
     from llmhyper_feast.generation.runner import generate_rows
 
     layout = RepoLayout.of(repo)
@@ -45,11 +59,11 @@ def evaluate(
             raise ConfigError(f"Unknown ablation '{name}'. Choose from: {', '.join(ABLATIONS)}.")
     store, inputs = build_index(layout.root, settings, progress=progress)
     if inputs.backend is None:
-        prompt_only = [n for n in ablations if n != "scale"]
+        prompt_only = [n for n in ablations if n not in CALIBRATION_ABLATIONS]
         if prompt_only:
             raise ConfigError(
                 f"The {', '.join(prompt_only)} ablation needs an LLM backend (--llm local/openai); "
-                "with --llm none the prior writes the weights and only 'scale' applies."
+                f"with --llm none the prior writes the weights and only {' and '.join(CALIBRATION_ABLATIONS)} apply."
             )
     schema = inputs.schema
     data = ev.load_eval_data(layout.root, store, schema, read_impressions(layout.root, impressions_path))
@@ -57,17 +71,33 @@ def evaluate(
         store, schema, sample=settings.calibration.user_sample, seed=settings.generation.seed
     )
     cold = load_lr_cold(layout.root)
+    # the knn and learned priors are baselines whatever prior is configured; every row may be
+    # calibrated to the learned mean-CTR estimate (the alpha ablation), so all rows carry it
+    learned = learned_like(inputs.prior, inputs.warm, inputs.index.ids, inputs.index.embeddings, inputs.embedder)
+    learned.prepare(data.ads)
+    priors: dict[str, WeightPrior] = {"knn": KnnPrior(), "learned": learned, inputs.prior.name: inputs.prior}
+    rows_of = {
+        name: generate_rows(data.ads, replace(inputs, backend=None, prior=p), progress=False)
+        for name, p in priors.items()
+    }
+    rows_of = {name: with_learned_alpha(rows, rows_of["learned"]) for name, rows in rows_of.items()}
     prior_label = f"{inputs.prior.name}_prior"
-    prior_rows = generate_rows(data.ads, replace(inputs, backend=None), progress=False)
+    prior_rows = rows_of[inputs.prior.name]
     results = [
         ev.calibrated_result("lr_cold", data, prior_rows, settings, cold, users, override=cold.weights),
         ev.lr_warm_result(data, settings),
-        ev.calibrated_result(prior_label, data, prior_rows, settings, cold, users),
-        ev.embedding_result(data, inputs.embedder),
+        *(ev.calibrated_result(f"{name}_prior", data, rows, settings, cold, users) for name, rows in rows_of.items()),
     ]
+    other = next(a for a in ALPHA_SOURCES if a != settings.calibration.alpha_source)
+    varied_alpha = settings.with_overrides(**{"calibration.alpha_source": other})
+    results.append(
+        ev.calibrated_result(f"learned_prior[alpha={other}]", data, rows_of["learned"], varied_alpha, cold, users)
+    )
+    results.append(ev.embedding_result(data, inputs.embedder))
 
     def llm_row(label: str, s: Settings) -> None:
         rows = generate_rows(data.ads, replace(inputs, config=s.generation), progress=progress)
+        rows = with_learned_alpha(rows, rows_of["learned"])
         res = ev.calibrated_result(label, data, rows, s, cold, users)
         res.extra.update(llm_calls=int(rows["calls"].sum()), prompt_tokens=int(rows["prompt_tokens"].sum()))
         results.append(res)

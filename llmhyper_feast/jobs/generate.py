@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from llmhyper_feast.config import Settings
-from llmhyper_feast.errors import DataError
+from llmhyper_feast.errors import ConfigError, DataError
 from llmhyper_feast.features import FeatureSchema, WarmAd
 from llmhyper_feast.store import feast_adapter as fa
 from llmhyper_feast.store.layout import RepoLayout
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
     from llmhyper_feast.backends.llm.base import LLMBackend
+    from llmhyper_feast.generation.priors import WeightPrior
+    from llmhyper_feast.generation.retrieval import WarmIndex
     from llmhyper_feast.generation.runner import GenerationInputs
     from llmhyper_feast.generation.staleness import AdState
 
@@ -59,6 +61,25 @@ def source_id(repo: str | Path, settings: Settings) -> str:
     )
 
 
+def prior_source_id(settings: Settings) -> str:
+    """The configured prior's source id (``prior:<name>...``): what the deployment gate blends with."""
+    from llmhyper_feast.generation.priors import get_prior
+
+    return get_prior(settings.prior.name, settings.prior.options).source_id
+
+
+def fit_prior(prior: WeightPrior, warm: dict[str, WarmAd], index: WarmIndex, embedder: Any, settings: Settings) -> None:
+    """Fit ``prior`` on the warm ads (once per run); refuse a learned alpha the prior cannot give."""
+    from llmhyper_feast.generation.priors import WeightPrior
+
+    if settings.calibration.alpha_source == "learned" and type(prior).estimate_alpha is WeightPrior.estimate_alpha:
+        raise ConfigError(
+            f"calibration.alpha_source: learned needs a prior that estimates the mean CTR, and prior "
+            f"'{prior.name}' does not; set prior.name: learned (or blend), or calibration.alpha_source: neighbours."
+        )
+    prior.fit(warm, index.ids, index.embeddings, embedder)
+
+
 def build_index(
     repo: str | Path, settings: Settings, *, progress: bool = True
 ) -> tuple[FeatureStore, GenerationInputs]:
@@ -76,6 +97,7 @@ def build_index(
     embedder = get_embedder(settings.embedder.name, settings.embedder.options)
     prior = get_prior(settings.prior.name, settings.prior.options)
     index = WarmIndex.load_or_build(layout.warm_index, [w.ad for w in warm.values()], embedder, progress=progress)
+    fit_prior(prior, warm, index, embedder, settings)
     images = ImagePolicy.for_repo(
         layout.root,
         settings.inputs.image_roots,
@@ -95,6 +117,7 @@ def assess_ads(
     schema: FeatureSchema | None = None,
 ) -> tuple[pd.DataFrame, dict[str, AdState]]:
     """Every ad's state under ``settings`` (see :func:`llmhyper_feast.generation.staleness.assess`)."""
+    from llmhyper_feast.generation.policy import load_policy
     from llmhyper_feast.generation.runner import read_log
     from llmhyper_feast.generation.staleness import assess
 
@@ -111,6 +134,7 @@ def assess_ads(
         source_id=sid,
         generation=settings.generation,
         calibration=settings.calibration,
+        policy=load_policy(repo, schema.names),
     )
     return ads_df, states
 

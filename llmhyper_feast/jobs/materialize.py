@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from llmhyper_feast.config import Settings
-from llmhyper_feast.jobs.generate import assess_ads, generate, source_id
+from llmhyper_feast.jobs.generate import assess_ads, generate, prior_source_id, source_id
 from llmhyper_feast.jobs.train import load_lr_cold
 from llmhyper_feast.store import feast_adapter as fa
 from llmhyper_feast.store.layout import RepoLayout
@@ -32,14 +32,15 @@ def materialize(
 
     Holds the repo lock; first finishes any write a killed run left half done.
     """
-    from llmhyper_feast.calibration.rows import generated_rows
+    from llmhyper_feast.calibration.rows import generated_rows, with_policy_tags
     from llmhyper_feast.evaluation import backtest
+    from llmhyper_feast.generation.policy import load_policy
     from llmhyper_feast.store.weights import next_timestamp
 
     layout = RepoLayout.of(repo)
     fa.finish_pending_writes(fa.open_store(layout.root))
     decision, blend = backtest.gate_decision(
-        settings.gate, backtest.load(layout.backtest), source_id(layout.root, settings)
+        settings.gate, backtest.load(layout.backtest), source_id(layout.root, settings), prior=prior_source_id(settings)
     )
     new = generate(layout.root, settings, force=force, progress=progress)
     store = fa.open_store(layout.root)
@@ -67,6 +68,7 @@ def materialize(
         decision=decision,
         blend=blend,
     )
+    rows = with_policy_tags(rows, fa.read_ads(store)[0], load_policy(layout.root, schema.names))
     fa.write_view(store, view, rows)
     return MaterializeReport(
         len(new), len(rows), rows["origin"].value_counts().to_dict(), view, new.attrs.get("stopped", "")

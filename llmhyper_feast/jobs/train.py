@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from llmhyper_feast.store.layout import RepoLayout
 from llmhyper_feast.store.lock import locked
 from llmhyper_feast.training.warm import LRCold, lr_cold, train_warm_models
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass
 class WarmReport:
@@ -25,13 +28,47 @@ class WarmReport:
 
 
 def read_impressions(repo: str | Path, override: str | Path | None = None) -> pd.DataFrame:
-    """The impressions table (``override`` or the repo's), with a clear error when it is missing."""
-    path = RepoLayout.of(repo).impressions_or(override)
+    """The impressions: ``override`` (a parquet file) when given, else the view tagged ``impressions`` via Feast.
+
+    A repo without such a view falls back to ``data/impressions.parquet`` with a warning.
+    """
+    layout = RepoLayout.of(repo)
+    if override:
+        return _read_impressions_file(Path(override))
+    store = fa.open_store(layout.root)
+    if fa.impressions_view(store) is not None:
+        return fa.read_impressions(store)
+    if layout.impressions.exists():
+        _log.warning(
+            "No feature view is tagged %s: %s; reading %s directly. Register it as a view (see README, "
+            "'Impressions') so it is read through Feast.",
+            fa.ROLE_TAG,
+            fa.IMPRESSIONS_ROLE,
+            layout.impressions,
+        )
+        return _read_impressions_file(layout.impressions)
+    raise DataError(
+        f"No impressions: no feature view is tagged {fa.ROLE_TAG}: {fa.IMPRESSIONS_ROLE} in {layout.root}. "
+        "Register one (user_id, ad_id, clicked, event_timestamp[, user_split]) and run `llmhyper apply`, "
+        "or pass --impressions PATH."
+    )
+
+
+def _read_impressions_file(path: Path) -> pd.DataFrame:
+    """An impressions parquet named by the caller (not a view's source)."""
+    import pyarrow as pa
+
     if not path.exists():
         raise DataError(
             f"No impressions table at {path}. Pass --impressions PATH (parquet with user_id, ad_id, clicked)."
         )
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(
+            f"The impressions file {path} is unreadable ({reason}): write it again or pass another."
+        ) from exc
 
 
 @locked("train-warm")

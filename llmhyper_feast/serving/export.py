@@ -3,6 +3,10 @@
 Glue between :func:`llmhyper_feast.store.weights.resolve_weights` and the ``exporters`` package: one
 all-ads model plus, optionally, per-ad models, with a ``manifest.json`` recording the
 feature names, the feature definitions hash and each ad's provenance.
+
+Content rules (``llmhyper_policy.yaml``, see :mod:`llmhyper_feast.generation.policy`) become
+per-ad exclusions inside the all-ads model: a generated ad uses the ``policy_tags`` stored
+with its weights in Feast; warm and LR_cold ads are tagged from their content at export.
 """
 
 from __future__ import annotations
@@ -40,8 +44,33 @@ def _ad_meta(source: str, meta: dict[str, Any]) -> dict[str, str | float]:
     return out
 
 
+def _policy_tags(store: Any, repo: str | Path, schema: Any, ads: list[Any], resolved: AdModels) -> Any:
+    """(policy, per-ad tags): stored tags for generated ads, :func:`tag_ad` on the content for the others."""
+    import json
+
+    from llmhyper_feast.generation.policy import load_policy, tag_ad
+
+    policy = load_policy(repo, schema.names)
+    gen = fa.read_latest(store, fa.view_for_role(store, fa.GENERATED_ROLE).name)
+    stored = {}
+    if len(gen) and "policy_tags" in gen:
+        for ad_id, version, tags in zip(gen["ad_id"], gen["weights_version"], gen["policy_tags"], strict=True):
+            if isinstance(tags, str) and tags:
+                stored[ad_id] = (version, tuple(json.loads(tags)))
+    by_id = {a.ad_id: a for a in ads}
+    out = []
+    for ad_id, source, meta in zip(resolved.ad_ids, resolved.source, resolved.meta, strict=True):
+        version, tags = stored.get(ad_id, (None, None))
+        if source == "generated" and tags is not None and version == meta.get("weights_version"):
+            out.append(tags)
+        else:
+            out.append(tag_ad(by_id[ad_id], policy))
+    return policy, out
+
+
 def build_model_set(repo: str | Path) -> tuple[AdModelSet, AdModels]:
     """Resolve the served weights of every ad in the ad content view into an AdModelSet."""
+    from llmhyper_feast.generation.policy import exclusions
     from llmhyper_feast.jobs.train import load_lr_cold
 
     store = fa.open_store(repo)
@@ -53,22 +82,28 @@ def build_model_set(repo: str | Path) -> tuple[AdModelSet, AdModels]:
             f"registry's user features now hash to {schema.names_hash}. Run `llmhyper train-warm` "
             "to refit it, then export again."
         )
-    _, ads = fa.read_ads(store)
+    ad_list, ads = fa.read_ads(store)
     if ads.empty:
         raise DataError(
             "The ad content view holds no ads, so there is nothing to export. Load ads into its "
             "source (and run `feast materialize`) first."
         )
     resolved = resolve_weights(store, schema, lr_cold, ads["ad_id"].astype(str).tolist())
+    policy, tags = _policy_tags(store, repo, schema, ad_list, resolved)
+    ad_meta = [_ad_meta(s, m) for s, m in zip(resolved.source, resolved.meta, strict=True)]
+    for meta, ad_tags in zip(ad_meta, tags, strict=True):
+        if ad_tags:
+            meta["policy_tags"] = ",".join(ad_tags)
     models = AdModelSet(
         feature_names=schema.names,
         feature_hash=schema.hash,
         ad_ids=resolved.ad_ids,
         weights=resolved.weights,
         bias=resolved.bias,
-        ad_meta=[_ad_meta(s, m) for s, m in zip(resolved.source, resolved.meta, strict=True)],
+        ad_meta=ad_meta,
         producer_name=PRODUCER_NAME,
         producer_version=__version__,
+        exclusions=exclusions(policy, tags, schema.names) if policy.rules else None,
     )
     return models, resolved
 

@@ -7,11 +7,16 @@ export no longer matches the registry, or the online store is missing or corrupt
 (``store_unavailable``: run ``llmhyper repair``; ``GET /health`` then answers 503 too); 500 other
 errors of this package. Error bodies are
 ``{"error": code, "detail": message, ...}`` and never echo more than ~100 characters of input.
+
+``POST /rank`` is answered by a plain ASGI handler in front of FastAPI's routing (FastAPI's
+request/response machinery cost more CPU than the ranking itself); every other path, the
+OpenAPI schema included, goes through FastAPI.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +48,8 @@ ECHO_CHARS = 100  # longest piece of a request that an error body repeats
 MAX_ERRORS = 10  # validation errors listed in one error body
 EXAMPLE: dict[str, Any] = {"user_id": "u000001", "ads": None, "k": 10}
 _Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+logger = logging.getLogger(__name__)
 
 
 class RankRequest(BaseModel):
@@ -70,7 +77,8 @@ class RankResponse(BaseModel):
     items: list[RankedItem]
     model_version: str
     feature_hash: str
-    candidates: int
+    candidates: int = Field(description="Candidate ads scored (those the content rules allow for this user).")
+    excluded: int = Field(0, description="Candidate ads dropped by the content rules (llmhyper_policy.yaml).")
     imputed_features: list[str] = Field(description="Features missing for the user, replaced by the population mean.")
     user_fallback: str | None = Field(description="'population_mean' when the user was unknown, else null.")
 
@@ -106,6 +114,21 @@ def _too_large(limit: int) -> dict[str, Any]:
     }
 
 
+def _error_body(exc: LLMHyperError) -> dict[str, Any]:
+    """The JSON body answering one of our errors (status: ``exc.http_status``)."""
+    if isinstance(exc, UnknownUserError):
+        return {"error": "unknown_user", "detail": str(exc), "user_ids": exc.user_ids}
+    if isinstance(exc, UnknownAdError):
+        return {"error": "unknown_ads", "detail": str(exc), "ad_ids": exc.ad_ids}
+    if isinstance(exc, StaleExportError):
+        return {"error": "stale_export", "detail": str(exc)}
+    if isinstance(exc, StoreUnavailableError):
+        return {"error": "store_unavailable", "detail": str(exc)}
+    if isinstance(exc, InputError):
+        return {"error": "invalid_request", "detail": str(exc)}
+    return {"error": type(exc).__name__, "detail": str(exc)}
+
+
 def _encode(res: RankResult) -> bytes:
     """The JSON of a :class:`RankResponse` for ``res`` (built directly: pydantic costs more than the ranking)."""
     doc = {
@@ -114,6 +137,7 @@ def _encode(res: RankResult) -> bytes:
         "model_version": res.model_version,
         "feature_hash": res.feature_hash,
         "candidates": res.candidates,
+        "excluded": res.excluded,
         "imputed_features": list(res.imputed),
         "user_fallback": res.user_fallback,
     }
@@ -125,11 +149,12 @@ def create_app(ranker: Ranker, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastA
 
     ``max_body_bytes``: larger ``POST /rank`` bodies are answered 413 before any parsing.
     """
-    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
 
-    app = FastAPI(
+    app = _ranking_app(
+        ranker,
+        max_body_bytes,
         title="llmhyper ranking",
         version=str(ranker.health()["producer"].get("version", "")),
         description="Ranks ads for a user with the exported LLM-HYPER CTR models.",
@@ -142,17 +167,7 @@ def create_app(ranker: Ranker, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastA
 
     @app.exception_handler(LLMHyperError)
     async def our_error(_: Request, exc: LLMHyperError) -> JSONResponse:
-        if isinstance(exc, UnknownUserError):
-            return JSONResponse({"error": "unknown_user", "detail": str(exc), "user_ids": exc.user_ids}, 404)
-        if isinstance(exc, UnknownAdError):
-            return JSONResponse({"error": "unknown_ads", "detail": str(exc), "ad_ids": exc.ad_ids}, 404)
-        if isinstance(exc, StaleExportError):
-            return JSONResponse({"error": "stale_export", "detail": str(exc)}, exc.http_status)
-        if isinstance(exc, StoreUnavailableError):
-            return JSONResponse({"error": "store_unavailable", "detail": str(exc)}, exc.http_status)
-        if isinstance(exc, InputError):
-            return JSONResponse({"error": "invalid_request", "detail": str(exc)}, exc.http_status)
-        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, exc.http_status)
+        return JSONResponse(_error_body(exc), exc.http_status)
 
     async def read_body(request: Request) -> bytes | None:
         """The body, or None once it is known to exceed ``max_body_bytes`` (declared or streamed)."""
@@ -183,7 +198,9 @@ def create_app(ranker: Ranker, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastA
         },
     )
     async def rank(request: Request) -> Response:
-        # async and inline: Ranker.rank is ~0.5 ms of CPU, less than a thread-pool round trip
+        # reached only when _RankingApp hands /rank to FastAPI (never in practice): kept so the
+        # route, its OpenAPI description and its behaviour stay in one place
+        # async and inline: Ranker.rank is ~0.3 ms of CPU, less than a thread-pool round trip
         raw = await read_body(request)
         if raw is None:  # close: the unread rest of the body must not be parsed as a next request
             return JSONResponse(_too_large(max_body_bytes), 413, headers={"connection": "close"})
@@ -202,6 +219,76 @@ def create_app(ranker: Ranker, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastA
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else StoreUnavailableError.http_status)
 
     return app
+
+
+def _rank_app_class() -> type:
+    """FastAPI subclass answering ``POST /rank`` itself (built lazily: FastAPI is imported in functions)."""
+    from fastapi import FastAPI
+
+    class RankingApp(FastAPI):
+        def __init__(self, ranker: Ranker, max_body_bytes: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._ranker, self._max_body = ranker, max_body_bytes
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"] == "/rank" and scope["method"] == "POST":
+                await _rank_asgi(self._ranker, self._max_body, scope, receive, send)
+            else:
+                await super().__call__(scope, receive, send)
+
+    return RankingApp
+
+
+def _ranking_app(ranker: Ranker, max_body_bytes: int, **kwargs: Any) -> FastAPI:
+    return cast("FastAPI", _rank_app_class()(ranker, max_body_bytes, **kwargs))
+
+
+async def _send(send: Any, status: int, body: bytes, *, close: bool = False) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _dumps(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+async def _rank_asgi(ranker: Ranker, max_body: int, scope: Any, receive: Any, send: Any) -> None:
+    """``POST /rank`` as a plain ASGI handler: same statuses and bodies as the FastAPI route."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > max_body:
+            await _send(send, 413, _dumps(_too_large(max_body)), close=True)  # the unread rest must not be parsed
+            return
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the client went away
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_body:  # chunked bodies have no declared length: count as they arrive
+            await _send(send, 413, _dumps(_too_large(max_body)), close=True)
+            return
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    try:
+        body = RankRequest.model_validate_json(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        await _send(send, 422, _dumps(_validation_body([{**e, "loc": ("body", *e["loc"])} for e in errors])))
+        return
+    try:
+        res = ranker.rank(body.user_id, body.ads, body.k)
+    except LLMHyperError as exc:
+        await _send(send, exc.http_status, _dumps(_error_body(exc)))
+        return
+    except Exception:
+        logger.exception("POST /rank failed")
+        await _send(send, 500, _dumps({"error": "internal_error", "detail": "Internal error; see the server log."}))
+        return
+    await _send(send, 200, _encode(res))
 
 
 def serve(

@@ -199,6 +199,7 @@ def ensure_sources(store: FeatureStore) -> None:
                 continue
             empty = pa.Table.from_pylist([], schema=_source_schema(fv))
             atomic_write(path, functools.partial(_write_parquet, empty))
+    ensure_user_priors_sources(store)
 
 
 def _unreadable_source(store: FeatureStore, fv: Any, path: Path, exc: BaseException) -> DataError:
@@ -227,25 +228,68 @@ def _unreadable_source(store: FeatureStore, fv: Any, path: Path, exc: BaseExcept
     return DataError(f"The offline source of '{fv.name}' at {path} is unreadable ({reason}): {fix}.")
 
 
-def read_latest(store: FeatureStore, view_name: str) -> pd.DataFrame:
-    """Latest row per entity of a view's offline (parquet) source; DataError when the file is unreadable."""
-    import pyarrow as pa
+def _local_path(store: FeatureStore, fv: Any) -> Path | None:
+    """The parquet file behind ``fv`` when its batch source is a local FileSource, else None."""
+    return _source_path(store, fv) if _is_local_file_source(fv) else None
 
-    fv = store.get_feature_view(view_name)
-    path = _source_path(store, fv)
-    if not path.exists():
-        return pd.DataFrame(columns=[*fv.join_keys, *(f.name for f in fv.features), "event_timestamp"])
-    try:
-        df = pd.read_parquet(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise _unreadable_source(store, fv, path, exc) from exc
-    if df.empty:
-        return df
-    return (
-        df.sort_values("event_timestamp", kind="stable")
-        .drop_duplicates(fv.join_keys, keep="last")
-        .reset_index(drop=True)
+
+def _read_error(store: FeatureStore, fv: Any, exc: BaseException) -> DataError:
+    """The one-line DataError for a view whose offline source Feast could not read (or that lacks columns)."""
+    from llmhyper_feast.store import offline
+
+    path = _local_path(store, fv)
+    where = (
+        str(path)
+        if path is not None
+        else f"{fv.batch_source.name!r} ({offline.offline_store_name(store)} offline store)"
     )
+    if isinstance(exc, offline.MissingColumnsError):
+        return DataError(
+            f"The offline source of '{fv.name}' at {where} lacks column(s) {exc.missing} (it has {exc.present}). "
+            "Add them to the source, or fix the view's fields and run `llmhyper apply`."
+        )
+    cause = exc.cause if isinstance(exc, offline.SourceReadError) else exc
+    if path is not None:
+        return _unreadable_source(store, fv, path, cause)
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return DataError(
+        f"The offline source of '{fv.name}' at {where} cannot be read ({reason}): check the offline_store "
+        f"settings in {Path(store.repo_path).resolve() / 'feature_store.yaml'} and that the source exists."
+    )
+
+
+def _read_view(store: FeatureStore, fv: Any, *, latest: bool, features: list[str] | None = None) -> pd.DataFrame | None:
+    """Rows of ``fv`` read through Feast's offline store (store/offline.py); None when its local file is absent."""
+    from llmhyper_feast.store import offline
+
+    path = _local_path(store, fv)
+    if path is not None and not path.exists():
+        return None
+    keys, declared, _, created = offline.view_columns(fv)
+    needed = [
+        *keys,
+        *(declared if features is None else features),
+        fv.batch_source.timestamp_field or "event_timestamp",
+    ]
+    try:
+        offline.check_columns(store, fv, needed + ([created] if created else []))
+        if latest:
+            return offline.read_latest(store, fv)
+        return offline.read_all(store, fv, features=features)
+    except (offline.SourceReadError, offline.MissingColumnsError) as exc:
+        raise _read_error(store, fv, exc) from exc
+
+
+def read_latest(store: FeatureStore, view_name: str) -> pd.DataFrame:
+    """Latest row per entity of a view, read through Feast's offline store; DataError when the source is unreadable.
+
+    Rows are ordered by event time, ties by entity key (the same order whatever store holds them).
+    """
+    fv = store.get_feature_view(view_name)
+    df = _read_view(store, fv, latest=True)
+    if df is None:
+        return pd.DataFrame(columns=[*fv.join_keys, *(f.name for f in fv.features), "event_timestamp"])
+    return df
 
 
 def read_ads(
@@ -352,6 +396,57 @@ def read_user_matrix(
             dict(list(imputed.items())[:10]),
         )
     return joined.index.to_numpy(), users
+
+
+IMPRESSIONS_ROLE = "impressions"
+IMPRESSION_COLUMNS = ("user_id", "ad_id", "clicked", "event_timestamp")  # plus the optional user_split
+
+
+def impressions_view(store: FeatureStore) -> Any | None:
+    """The feature view tagged ``llmhyper.role: impressions`` (None when the repo registers none)."""
+    views = _views_with_role(store, IMPRESSIONS_ROLE)
+    return view_for_role(store, IMPRESSIONS_ROLE) if views else None
+
+
+def read_impressions(store: FeatureStore, *, chunk_rows: int | None = None) -> pd.DataFrame:
+    """Every impression of the view tagged ``impressions``, read through Feast's offline store.
+
+    Columns user_id, ad_id, clicked (int8 0/1), event_timestamp and, when the view declares it,
+    user_split; ordered by (event_timestamp, ad_id, user_id) so every store gives the same frame.
+    """
+    from llmhyper_feast.store import offline
+
+    fv = view_for_role(store, IMPRESSIONS_ROLE)
+    declared = [*fv.join_keys, *(f.name for f in fv.features), "event_timestamp"]
+    missing = [c for c in IMPRESSION_COLUMNS if c not in declared]
+    if missing:
+        raise FeatureRepoError(
+            f"The impressions view '{fv.name}' lacks column(s) {missing}; it needs {list(IMPRESSION_COLUMNS)} "
+            "(join keys user_id and ad_id, a 0/1 'clicked' field, optional 'user_split'). Fix it and run `feast apply`."
+        )
+    features = ["clicked", *(["user_split"] if "user_split" in declared else [])]
+
+    def compact(chunk: pd.DataFrame) -> pd.DataFrame:
+        clicked = pd.to_numeric(chunk["clicked"], errors="coerce")
+        if not clicked.isin([0, 1]).all():
+            raise DataError(f"The impressions column 'clicked' of '{fv.name}' must hold 0/1 values only.")
+        return chunk.assign(clicked=clicked.astype(np.int8))
+
+    path = _local_path(store, fv)
+    if path is not None and not path.exists():
+        raise DataError(
+            f"No impressions at {path} (the source of the view '{fv.name}'). Write them there "
+            "(user_id, ad_id, clicked, event_timestamp[, user_split]) or pass --impressions PATH."
+        )
+    keys = fv.join_keys
+    try:
+        offline.check_columns(store, fv, [*keys, *features, fv.batch_source.timestamp_field or "event_timestamp"])
+        df = offline.read_all(store, fv, features=features, chunk_rows=chunk_rows, reduce=compact)
+    except (offline.SourceReadError, offline.MissingColumnsError) as exc:
+        raise _read_error(store, fv, exc) from exc
+    order = ["event_timestamp", "ad_id", "user_id", *[c for c in df.columns if c not in IMPRESSION_COLUMNS]]
+    df = df.sort_values(order, kind="stable").reset_index(drop=True)
+    return df[["user_id", "ad_id", "clicked", *features[1:], "event_timestamp"]]
 
 
 def _repo_inputs(store: FeatureStore) -> InputsConfig:
@@ -535,10 +630,13 @@ def write_view(store: FeatureStore, view_name: str, df: pd.DataFrame, *, online:
     """Append rows to a view's offline source, then write them online; columns checked first.
 
     For a local parquet FileSource the append is whole-file-or-nothing (temp file, fsync, rename;
-    the replaced version stays as ``<file>.bak``); other offline stores get Feast's
-    ``write_to_offline_store``, whose atomicity is the store's. The write is journaled from before
-    the offline half until the online half is done, so a run killed in between is finished by
-    :func:`finish_pending_writes`. Runs under the repo lock.
+    the replaced version stays as ``<file>.bak``): Feast's own file ``offline_write_batch``
+    rewrites the parquet in place, which a kill can tear. Other sources go through Feast's
+    ``write_to_offline_store`` (one call for all rows: its atomicity is the store's), and an
+    offline store without offline writes is refused before anything is written (see
+    :func:`check_writable`). The write is journaled from before the offline half until the online
+    half is done, so a run killed in between is finished by :func:`finish_pending_writes`; an
+    offline half that fails leaves nothing to finish and nothing online. Runs under the repo lock.
     """
     from llmhyper_feast.store import journal
     from llmhyper_feast.store.layout import RepoLayout
@@ -551,20 +649,57 @@ def write_view(store: FeatureStore, view_name: str, df: pd.DataFrame, *, online:
         raise DataError(f"Rows for '{view_name}' do not match its schema: missing {missing}, unexpected {extra}.")
     if df.empty:
         return
+    check_writable(store, fv)
     df = df[expected]
     layout = RepoLayout.of(store.repo_path)
     with repo_lock(layout.root, "a write_view() call"):
+        earlier = journal.pending(layout).get(view_name) if online and layout.pending_writes.exists() else None
         if online:
             journal.record(layout, _pending_write(fv, df))
-        if _is_local_file_source(fv):
-            _append_to_file_source(store, fv, df)
-        else:
-            store.write_to_offline_store(view_name, df)
+        try:
+            if _is_local_file_source(fv):
+                _append_to_file_source(store, fv, df)
+            else:
+                _write_offline_through_feast(store, fv, df)
+        except BaseException:
+            if online and earlier is None:  # nothing reached the online store: there is nothing to finish
+                journal.clear(layout, view_name)
+            raise
         if online:
             _test_kill_point("between-writes")
             store.write_to_online_store(view_name, df)
             _test_kill_point("after-online")
             journal.clear(layout, view_name)
+
+
+def check_writable(store: FeatureStore, fv: Any) -> None:
+    """Raise FeatureRepoError when ``fv`` has a non-file source and the offline store cannot take writes."""
+    from llmhyper_feast.store import offline
+
+    if _is_local_file_source(fv) or offline.can_write(store):
+        return
+    name = offline.offline_store_name(store)
+    raise FeatureRepoError(
+        f"The '{name}' offline store cannot take writes (Feast offline_write_batch), so the rows of '{fv.name}' "
+        f"cannot be stored in its source {fv.batch_source.name!r}. Give '{fv.name}' a parquet FileSource instead "
+        f"(e.g. FileSource(path='data/{fv.name}.parquet', timestamp_field='event_timestamp')) and run "
+        "`llmhyper apply`: the plugin writes it atomically and reads it through Feast's file offline store."
+    )
+
+
+def _write_offline_through_feast(store: FeatureStore, fv: Any, df: pd.DataFrame) -> None:
+    """``store.write_to_offline_store`` for every row at once; a failure names the store and how to recover."""
+    from llmhyper_feast.store import offline
+
+    try:
+        store.write_to_offline_store(fv.name, df)
+    except Exception as exc:  # the store's own error type
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(
+            f"The '{offline.offline_store_name(store)}' offline store failed writing {len(df)} row(s) of '{fv.name}' "
+            f"({reason}); nothing was written online. Fix the store and re-run the command: it writes these rows "
+            "again with a newer event_timestamp, which supersedes any the store kept."
+        ) from exc
 
 
 def finish_pending_writes(store: FeatureStore) -> dict[str, int]:
@@ -711,3 +846,139 @@ def recreate_online_tables(store: FeatureStore) -> list[str]:
     # partial=True: Feast only creates (IF NOT EXISTS) the tables of the views passed, deleting nothing
     store.apply([*store.list_entities(allow_cache=False), *views], partial=True)
     return [fv.name for fv in views]
+
+
+# --- user priors (llmhyper_feast.userpriors): history, advertisers and the user_llm_priors view ----
+
+HISTORY_ROLE, ADVERTISERS_ROLE, USER_PRIORS_ROLE = "user_history", "advertisers", "user_priors"
+HISTORY_EVENTS = ("impression", "click", "conversion")
+
+
+def _user_priors_schema(fv: Any) -> Any:
+    """Arrow schema of a user-priors view's parquet source (string arrays allowed)."""
+    import pyarrow as pa
+
+    fields = [pa.field(k, pa.string()) for k in fv.join_keys]
+    for f in fv.features:
+        name = str(f.dtype).split(".")[-1]
+        arrow = pa.list_(pa.string()) if "Array" in name and "String" in name else _arrow_type(f.dtype)
+        fields.append(pa.field(f.name, arrow))
+    fields.append(pa.field("event_timestamp", pa.timestamp("us", tz="UTC")))
+    return pa.schema(fields)
+
+
+def ensure_user_priors_sources(store: FeatureStore) -> None:
+    """Create empty parquet sources for the history, advertisers and user priors views that lack one."""
+    import functools
+
+    import pyarrow as pa
+
+    from llmhyper_feast.store.files import atomic_write
+
+    for role in (HISTORY_ROLE, ADVERTISERS_ROLE, USER_PRIORS_ROLE):
+        for fv in _views_with_role(store, role):
+            if not _is_local_file_source(fv):
+                continue
+            path = _source_path(store, fv)
+            if not path.exists():
+                empty = pa.Table.from_pylist([], schema=_user_priors_schema(fv))
+                atomic_write(path, functools.partial(_write_parquet, empty))
+
+
+def read_history(store: FeatureStore) -> pd.DataFrame:
+    """Every event of the view tagged ``user_history`` (user_id, advertiser_id, ad_id, event, event_timestamp).
+
+    Sorted by user and time; DataError for unknown event names or an unreadable source.
+    """
+    fv = view_for_role(store, HISTORY_ROLE)
+    columns = ["user_id", "advertiser_id", "ad_id", "event", "event_timestamp"]
+    declared = [*fv.join_keys, *(f.name for f in fv.features), "event_timestamp"]
+    missing = sorted(set(columns) - set(declared))
+    if missing:
+        raise FeatureRepoError(
+            f"The user history view '{fv.name}' lacks fields {missing}; it needs {columns}. "
+            "Add them and run `feast apply`."
+        )
+    df = _read_view(store, fv, latest=False, features=[c for c in columns[1:-1]])
+    if df is None:
+        return pd.DataFrame(columns=columns)
+    path = _local_path(store, fv) or fv.batch_source.name
+    bad = sorted(set(df["event"].unique()) - set(HISTORY_EVENTS))
+    if bad:
+        raise DataError(
+            f"The user history source {path} holds unknown events {bad[:5]}; allowed: {list(HISTORY_EVENTS)}. "
+            "Fix the 'event' column."
+        )
+    df = df[columns].copy()
+    df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
+    return df.sort_values(["user_id", "event_timestamp"], kind="stable").reset_index(drop=True)
+
+
+def read_advertisers(store: FeatureStore) -> pd.DataFrame:
+    """Latest row per advertiser of the view tagged ``advertisers`` (advertiser_id, name, category)."""
+    return read_latest(store, view_for_role(store, ADVERTISERS_ROLE).name)
+
+
+def user_priors_view(store: FeatureStore) -> Any:
+    """The feature view tagged ``user_priors`` (where user priors are stored)."""
+    return view_for_role(store, USER_PRIORS_ROLE)
+
+
+def write_user_priors(store: FeatureStore, df: pd.DataFrame) -> None:
+    """Append user priors rows offline and write them online (see :func:`write_view`)."""
+    fv = user_priors_view(store)
+    ensure_user_priors_sources(store)
+    write_view(store, fv.name, df)
+
+
+# --- direct reads of a SQLite online store (the ranking service's per-request lookup) -------
+
+
+def sqlite_online_layout(store: FeatureStore, view_names: Sequence[str]) -> dict[str, Any] | None:
+    """What a direct read of the SQLite online store needs, in Feast's own terms; None when not SQLite.
+
+    ``{"path": Path, "tables": {view: table}, "join_key": str, "entity_key": f(str) -> bytes,
+    "value": ValueProto class}``: the table names Feast gives the views and Feast's own
+    ``serialize_entity_key`` for a single string join key, so the rows read are the rows Feast wrote.
+    None too when the views' entity is not one string join key (the SDK path serves those).
+    """
+    import struct
+
+    from feast.infra.key_encoding_utils import deserialize_entity_key, serialize_entity_key
+    from feast.infra.online_stores.helpers import compute_table_id
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    path = online_store_path(store)
+    if path is None or getattr(store.config.online_store, "vector_enabled", False):
+        return None
+    views = [store.get_feature_view(v) for v in view_names]
+    columns = {tuple((c.name, str(c.dtype)) for c in fv.entity_columns) for fv in views}
+    if len(columns) != 1 or len(next(iter(columns))) != 1 or next(iter(columns))[0][1] != "String":
+        return None
+    join_key = next(iter(columns))[0][0]
+    version = store.config.entity_key_serialization_version
+    versioning = store.config.registry.enable_online_feature_view_versioning
+
+    def feast_key(value: str) -> bytes:
+        proto = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=value)])
+        return bytes(serialize_entity_key(proto, entity_key_serialization_version=version))
+
+    # Feast's encoding of one string key is <constant prefix><uint32 length><utf-8 bytes>: take the
+    # prefix from Feast itself and use it only if it reproduces Feast's bytes (and Feast reads them back)
+    prefix = feast_key("")[:-4]
+
+    def entity_key(value: str) -> bytes:
+        raw = value.encode("utf-8")
+        return prefix + struct.pack("<I", len(raw)) + raw
+
+    probes = ("", "u000001", "é" * 300, "a\x00b")
+    if not all(
+        entity_key(p) == feast_key(p)
+        and list(deserialize_entity_key(entity_key(p), version).entity_values[0].string_val) == list(p)
+        for p in probes
+    ):
+        entity_key = feast_key
+
+    tables = {fv.name: compute_table_id(store.config.project, fv, versioning) for fv in views}
+    return {"path": path, "tables": tables, "join_key": join_key, "entity_key": entity_key, "value": Value}

@@ -85,6 +85,11 @@ class RepoLayout:
         return self.data / "evaluation.json"
 
     @property
+    def robustness(self) -> Path:
+        """Results of the last counterfactual robustness run (jobs/robustness.py)."""
+        return self.data / "robustness.json"
+
+    @property
     def report(self) -> Path:
         return self.data / "report.html"
 
@@ -100,6 +105,25 @@ class RepoLayout:
     def pending_writes(self) -> Path:
         """Journal of Feast writes whose online half may not have happened yet (store/journal.py)."""
         return self.data / "pending_writes.json"
+
+    @property
+    def user_history(self) -> Path:
+        """Time-stamped user events (impression, click, conversion) per advertiser: the user priors' input."""
+        return self.data / "user_history.parquet"
+
+    @property
+    def advertisers(self) -> Path:
+        """Advertisers (id, name, category) of the ads."""
+        return self.data / "advertisers.parquet"
+
+    @property
+    def user_priors_log(self) -> Path:
+        """Append-only parts of user priors runs (the checkpoint a killed run resumes from)."""
+        return self.data / "user_priors_log"
+
+    @property
+    def user_priors_evaluation(self) -> Path:
+        return self.data / "user_priors_evaluation.json"
 
     def impressions_or(self, override: str | Path | None) -> Path:
         """``override`` when given, else the repo's impressions file."""

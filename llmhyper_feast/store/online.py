@@ -1,4 +1,5 @@
-"""Online lookups through the Feast SDK: user feature vectors and stored ad weights.
+"""Online lookups: user feature vectors and stored ad weights through the Feast SDK, and
+:class:`SqliteUserReader`, the ranking service's direct read of Feast's SQLite online tables.
 
 Every lookup raises :class:`~llmhyper_feast.errors.StoreUnavailableError` (one line naming
 ``llmhyper repair``) when the online store is missing, corrupt or unreachable.
@@ -6,12 +7,17 @@ Every lookup raises :class:`~llmhyper_feast.errors.StoreUnavailableError` (one l
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llmhyper_feast.errors import InputError
 from llmhyper_feast.features import AdModels, FeatureSchema
 from llmhyper_feast.store import feast_adapter as fa
 
@@ -83,3 +89,96 @@ PROBE_ENTITY = "__llmhyper_probe__"  # a key no real entity has: the lookup read
 def check_online(store: FeatureStore, refs: Sequence[str], join_key: str) -> None:
     """Raise StoreUnavailableError unless the online tables behind ``refs`` can be read."""
     fa.get_online(store, list(refs), [{join_key: PROBE_ENTITY}])
+
+
+# --- the ranking service's per-request lookup: one prepared SQLite query per user -------------
+
+_NUMERIC_VALUES = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
+
+
+class SqliteUserReader:
+    """User feature vectors read straight from Feast's SQLite online tables: exact, and cheap per call.
+
+    Reads the rows Feast wrote (its table names, its ``serialize_entity_key``, values parsed as
+    Feast's ``ValueProto``) with one prepared ``SELECT ... UNION ALL ...`` per user over a
+    read-only connection per thread, and returns what :func:`get_user_features` would: a value
+    Feast returns as null (no row, or a row without a value) is NaN. Nothing is cached, so a
+    re-materialized row is seen by the next call. Build it with :meth:`for_store` (None when the
+    online store is not SQLite: use the Feast SDK there); :meth:`reopen` drops the connections
+    (the SQLite file was replaced).
+    """
+
+    def __init__(self, store: FeatureStore, layout: dict[str, Any], refs: Sequence[str]) -> None:
+        self.store = store
+        self.path: Path = layout["path"]
+        self.join_key: str = layout["join_key"]
+        self._entity_key = layout["entity_key"]
+        self._parse = layout["value"].FromString
+        views = list(dict.fromkeys(r.split(":", 1)[0] for r in refs))
+        self._column = {(views.index(v), f): j for j, (v, f) in enumerate(r.split(":", 1) for r in refs)}
+        self.n = len(refs)
+        self.sql = " UNION ALL ".join(
+            f'SELECT {i}, feature_name, value FROM "{layout["tables"][v].replace(chr(34), chr(34) * 2)}" '
+            "WHERE entity_key = ?1"
+            for i, v in enumerate(views)
+        )
+        self._uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+        self._local = threading.local()
+
+    @classmethod
+    def for_store(cls, store: FeatureStore, refs: Sequence[str]) -> SqliteUserReader | None:
+        """A reader of ``refs`` (``view:feature``, output order) when the online store is SQLite, else None."""
+        layout = fa.sqlite_online_layout(store, list(dict.fromkeys(r.split(":", 1)[0] for r in refs)))
+        return None if layout is None else cls(store, layout, refs)
+
+    def reopen(self) -> None:
+        """Use new connections from now on (each thread's old one is closed when dropped)."""
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # read-only: a missing file is an error here instead of a new empty database
+            conn = sqlite3.connect(self._uri, uri=True, timeout=5.0)
+            self._local.conn = conn
+        return conn
+
+    def read(self, user_id: str) -> np.ndarray:
+        """float32 [n] in ``refs`` order, NaN where Feast has no value; StoreUnavailableError when unusable."""
+        out = np.full(self.n, np.nan, np.float32)
+        try:
+            key = self._entity_key(user_id)
+        except UnicodeEncodeError:
+            raise InputError(
+                f"The user id {user_id[:100]!r} is not valid Unicode text (it holds a lone surrogate); send the "
+                "user's entity key as a proper string."
+            ) from None
+        try:
+            rows = self._connection().execute(self.sql, (key,)).fetchall()
+        except sqlite3.Error as exc:
+            self.reopen()  # the next call retries with a fresh connection (e.g. after `llmhyper repair`)
+            error = fa.store_unavailable_error(exc, self.store)
+            if error is None:
+                raise
+            raise error from exc
+        column, parse = self._column, self._parse
+        for view, name, blob in rows:
+            j = column.get((view, name))
+            if j is None:
+                continue
+            value = parse(blob)
+            kind = value.WhichOneof("val")
+            if kind in _NUMERIC_VALUES:
+                out[j] = getattr(value, kind)
+        return out
+
+    def read_many(self, user_ids: Sequence[str]) -> np.ndarray:
+        """float32 [U, n]: :meth:`read` for each user."""
+        out = np.empty((len(user_ids), self.n), np.float32)
+        for i, u in enumerate(user_ids):
+            out[i] = self.read(u)
+        return out
+
+    def check(self) -> None:
+        """Raise StoreUnavailableError unless the tables can be read (a probe key finds nothing)."""
+        self.read(PROBE_ENTITY)

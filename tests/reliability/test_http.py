@@ -1,4 +1,5 @@
-"""The HTTP ranking service under hostile input: strict types, bounded bodies, no 5xx, flat memory.
+"""The HTTP ranking service under hostile input: strict types, bounded bodies, no 5xx, flat memory;
+and the direct SQLite lookup it uses, checked value for value against the Feast SDK.
 
 One ``llmhyper serve`` subprocess (the real command, on a free 127.0.0.1 port) serves an
 export of the session's demo repo; the load runs in another subprocess
@@ -18,11 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 from support import loadgen
 
+from llmhyper_feast.errors import StoreUnavailableError, UnknownUserError
 from llmhyper_feast.serving.export import export_repo
 from llmhyper_feast.serving.http import MAX_BODY_BYTES, MAX_ERRORS
+from llmhyper_feast.serving.ranker import Ranker
 from llmhyper_feast.store import feast_adapter as fa
 
 pytestmark = pytest.mark.integration
@@ -163,3 +168,86 @@ def test_hostile_load_gives_no_5xx_and_flat_memory(server: Server, tmp_path: Pat
     rss = res["rss_kb"]
     assert rss["max"] - rss["start"] < RSS_GROWTH_KB, rss["samples"]
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+# --- the direct SQLite lookup against the Feast SDK (the reference path) --------------------------
+
+
+def _pair(repo: Path, models: Path) -> tuple[Ranker, Ranker]:
+    direct = Ranker(repo, models, reload_interval=0, unknown_user="error")
+    sdk = Ranker(repo, models, reload_interval=0, unknown_user="error", online_lookup="feast")
+    assert (direct.lookup, sdk.lookup) == ("sqlite", "feast")
+    return direct, sdk
+
+
+def _same_vectors(direct: Ranker, sdk: Ranker, users: list[str]) -> None:
+    for got, want in zip(direct.user_vectors(users), sdk.user_vectors(users), strict=True):
+        assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True)
+
+
+def test_direct_lookup_matches_the_feast_sdk(demo_copy: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from llmhyper_feast.serving.http import create_app
+
+    models = tmp_path / "models"
+    export_repo(demo_copy, models, per_ad=False)
+    store = fa.open_store(demo_copy)
+    ids, _ = fa.read_user_matrix(store, fa.read_feature_schema(store))
+    users = [str(u) for u in ids[:400]] + ["ghost_1", "", "u" * 300]
+    direct, sdk = _pair(demo_copy, models)
+    _same_vectors(direct, sdk, users)
+    for u in users[:60]:
+        assert direct.rank(u, k=1000) == sdk.rank(u, k=1000)
+    for ranker in (direct, sdk):  # unknown users: 404 on both paths
+        with pytest.raises(UnknownUserError):
+            ranker.rank("ghost_1")
+
+    # missing values: a user with one view's row only, and with a null value in it
+    behaviour = fa.read_latest(store, "user_behaviour")
+    row = behaviour.iloc[[0]].copy()
+    row["user_id"], row["vegetarian"] = "partial_user", None
+    row["event_timestamp"] = pd.Timestamp.now(tz="UTC")
+    store.write_to_online_store("user_behaviour", row.reset_index(drop=True))
+    _same_vectors(direct, sdk, ["partial_user"])
+    res = direct.rank("partial_user", k=1000)
+    assert res == sdk.rank("partial_user", k=1000)
+    assert "vegetarian" in res.imputed and "toys_games" in res.imputed and res.user_fallback is None
+
+    # fresh values after a re-materialize: the next request sees them (nothing cached)
+    interests = fa.read_latest(store, "user_interests")
+    target = str(ids[0])
+    before = direct.user_vectors([target])[0]
+    fresh = interests[interests["user_id"] == target].copy()
+    cols = [c for c in fresh.columns if c not in ("user_id", "event_timestamp")]
+    fresh[cols] = 1.0 - fresh[cols].to_numpy()
+    fresh["event_timestamp"] = pd.Timestamp.now(tz="UTC")
+    store.write_to_online_store("user_interests", fresh.reset_index(drop=True))
+    after = direct.user_vectors([target])[0]
+    assert not np.array_equal(before, after)
+    _same_vectors(direct, sdk, [target, *users[:50]])
+    assert direct.rank(target, k=1000) == sdk.rank(target, k=1000)
+
+    # a missing, then a corrupt online store: 503 with one line naming the fix, on both paths
+    client = TestClient(create_app(direct))
+    online = demo_copy / "data" / "online_store.db"
+    online.unlink()
+    for damage in ("missing", "corrupt"):
+        if damage == "corrupt":
+            online.write_bytes(b"this is not a database" * 1000)
+        for ranker in (direct, sdk):
+            with pytest.raises(StoreUnavailableError, match="llmhyper repair --repo"):
+                ranker.rank(target)
+        r = client.post("/rank", json={"user_id": target, "k": 3})
+        assert r.status_code == 503 and r.json()["error"] == "store_unavailable", r.text
+        assert "\n" not in r.json()["detail"] and "llmhyper repair --repo" in r.json()["detail"]
+
+
+def test_surrogate_user_id_is_an_input_error(server: Server) -> None:
+    r = httpx.post(
+        f"{server.url}/rank",
+        content=b'{"user_id": "\\ud800x", "k": 3}',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code in (404, 422) and len(r.content) < SMALL_BODY, r.text

@@ -20,6 +20,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -47,6 +48,10 @@ BEHAVIOURS = frozenset(
         "reject_max_tokens",
     }
 )
+# Answers built from the request schema's enums (user priors): "enum" picks the first allowed ids,
+# "enum_unknown" replaces the first id with one outside the enum. See _enum_content.
+ENUM_BEHAVIOURS = frozenset({"enum", "enum_unknown"})
+BEHAVIOURS = BEHAVIOURS | ENUM_BEHAVIOURS
 
 
 def fake_weight(key: str, choice: int = 0) -> float:
@@ -65,6 +70,7 @@ class FakeOpenAI:
         retry_after_ms: float = 1.0,
         hang_s: float = 10.0,
         keys: list[str] | None = None,
+        responder: Callable[[dict[str, Any], list[str], int], dict[str, float]] | None = None,
     ) -> None:
         # retry-after-ms must be > 0: the SDK ignores 0 and falls back to its 0.5 s+ backoff.
         self.default = default
@@ -72,6 +78,12 @@ class FakeOpenAI:
         self.retry_after_ms = retry_after_ms
         self.hang_s = hang_s
         self.keys = keys
+        # Good answers take their weights from responder(body, keys, choice) when given: an
+        # "informed" model that knows the right answer.
+        self.responder = responder
+        # writer(body, choice) -> the whole content of a good answer, or None to answer as usual
+        # (trust-layer tests: judge verdicts, ad rewrites); see _respond_written
+        self.writer: Callable[[dict[str, Any], int], str | None] | None = None
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.behaviours_used: list[str] = []
@@ -257,6 +269,9 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fake.delay_ms / 1000)
         retry = {"retry-after-ms": f"{fake.retry_after_ms:g}"}
         n = int(body.get("n") or 1)
+        if behaviour in ENUM_BEHAVIOURS:
+            self._send(200, _enum_completion(body, behaviour, n, fake.calls))
+            return
         if behaviour == "auth":
             self._error(
                 401,
@@ -309,6 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
             behaviour = "good"
+        if behaviour == "good" and self._respond_written(fake, body, n):
+            return
         keys, reasoning = _schema_keys(body, fake.keys)
         if not keys:
             self._error(
@@ -319,7 +336,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         choices, completion_tokens = [], 0
         for j in range(n):
-            content, finish = _answer(behaviour, keys, reasoning, j)
+            if behaviour == "good" and fake.responder is not None and not reasoning:
+                content, finish = json.dumps(fake.responder(body, keys, j)), "stop"
+            else:
+                content, finish = _answer(behaviour, keys, reasoning, j)
             completion_tokens += len(content) // 4 + 1
             choices.append(
                 {
@@ -345,3 +365,68 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             },
         )
+
+    # --- written content (trust-layer tests: judge verdicts, ad rewrites) ----------------------
+    def _respond_written(self, fake: FakeOpenAI, body: dict[str, Any], n: int) -> bool:
+        """Answer with ``fake.writer``'s contents when it writes every choice; False to answer as usual."""
+        if fake.writer is None:
+            return False
+        contents = [fake.writer(body, j) for j in range(n)]
+        if any(c is None for c in contents):
+            return False
+        prompt_tokens = len(json.dumps(body.get("messages", []))) // 4 + 1
+        completion_tokens = sum(len(c or "") // 4 + 1 for c in contents)
+        choices = [
+            {"index": j, "message": {"role": "assistant", "content": c, "refusal": None}, "finish_reason": "stop"}
+            for j, c in enumerate(contents)
+        ]
+        self._send(
+            200,
+            {
+                "id": f"chatcmpl-fake-{fake.calls}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake-model"),
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )
+        return True
+
+
+# --- answers from the schema's enums (user priors) ------------------------------------------------
+
+
+def _enum_content(body: dict[str, Any], behaviour: str) -> str:
+    """Each array property of the schema filled with its first allowed values (minItems of them, else 2)."""
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
+    answer: dict[str, Any] = {}
+    for key, prop in (schema.get("properties") or {}).items():
+        allowed = list((prop.get("items") or {}).get("enum") or [])
+        count = prop.get("minItems") or min(2, prop.get("maxItems", 2))
+        answer[key] = allowed[:count]
+    if behaviour == "enum_unknown":
+        first = next((k for k, v in answer.items() if v), None)
+        if first is not None:
+            answer[first][0] = "not-a-listed-id"
+    return json.dumps(answer)
+
+
+def _enum_completion(body: dict[str, Any], behaviour: str, n: int, calls: int) -> dict[str, Any]:
+    content = _enum_content(body, behaviour)
+    prompt_tokens = len(json.dumps(body.get("messages", []))) // 4 + 1
+    return {
+        "id": f"chatcmpl-fake-{calls}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "fake-model"),
+        "choices": [
+            {"index": j, "message": {"role": "assistant", "content": content, "refusal": None}, "finish_reason": "stop"}
+            for j in range(n)
+        ],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n * (len(content) // 4 + 1), "total_tokens": 0},
+    }

@@ -12,9 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llmhyper_feast.backends.llm.base import ChatRequest, ChatResult, LLMBackend, mark_fatal
-from llmhyper_feast.errors import AnswerError, BackendError
+from llmhyper_feast.errors import AnswerError, BackendError, InputError
 from llmhyper_feast.generation.answers import (
     REASONING_FIELDS,
+    answer_limit,
     answer_schema,
     parse_answer,
     parse_reasoning,
@@ -100,7 +101,7 @@ def test_parse_round_trips_any_in_range_values(values):
         (good().replace("-0.5", "NaN"), ["non-finite", "sports=NaN"]),
         (good().replace("-0.5", "-Infinity"), ["non-finite", "sports=-Infinity"]),
         (good().replace("-0.5", "1e999"), ["non-finite", "sports=inf"]),
-        (good(age=3.5), ["beyond +/-3", "age=3.5"]),
+        (good(age=9.5), ["far beyond the examples' range +/-3", "age=9.5"]),
         (good()[:-1] + ', "age": 0.9}', ["duplicate keys", "age"]),
         ("", ["empty"]),
         ("   \n", ["empty"]),
@@ -120,16 +121,30 @@ def test_parse_rejections_say_what_was_wrong(text, fragments):
 
 
 def test_parse_lists_every_problem_at_once():
-    text = json.dumps({"age": "0.1", "sports": 9, "extra": 1})
+    text = json.dumps({"age": "0.1", "sports": 9.5, "extra": 1})
     message = str(pytest.raises(AnswerError, parse_answer, text, NAMES).value)
-    for fragment in ("missing keys ['gaming']", "unexpected keys ['extra']", 'age="0.1"', "sports=9"):
+    for fragment in ("missing keys ['gaming']", "unexpected keys ['extra']", 'age="0.1"', "sports=9.5"):
         assert fragment in message
 
 
-def test_parse_respects_max_abs():
+def test_parse_clips_mild_excess_and_rejects_garbage():
     assert parse_answer(good(age=1.5), NAMES, max_abs=2)["age"] == 1.5
-    with pytest.raises(AnswerError, match="beyond"):
-        parse_answer(good(age=1.5), NAMES, max_abs=1)
+    assert parse_answer(good(age=-2.9), NAMES, max_abs=1)["age"] == -1.0  # up to 3x: clipped
+    with pytest.raises(AnswerError, match="far beyond"):
+        parse_answer(good(age=3.01), NAMES, max_abs=1)
+
+
+def test_answer_limit_covers_every_warm_weight_or_scales_examples_onto_a_fixed_one():
+    warm = [[0.5, -3.8], [1.0, 2.0]]
+    limit, scale = answer_limit(warm, "auto")
+    assert (limit, scale) == (5.0, 1.0)  # 1.2 * 3.8 = 4.56, rounded up to 5.0
+    assert answer_limit([], "auto") == (3.0, 1.0)
+    assert answer_limit([[0.1, -0.2]], "auto") == (1.0, 1.0)
+    limit, scale = answer_limit(warm, 2.0)
+    assert limit == 2.0 and scale == pytest.approx(2.0 / (1.2 * 3.8))
+    assert answer_limit([[0.1]], 2.0) == (2.0, 1.0)  # examples already inside: no rescaling
+    with pytest.raises(InputError, match="max_abs"):
+        answer_limit(warm, 0)
 
 
 @pytest.mark.parametrize(

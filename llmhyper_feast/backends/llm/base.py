@@ -24,12 +24,27 @@ from llmhyper_feast.plugins import coerce_options
 if TYPE_CHECKING:
     from llmhyper_feast.generation.cache import AnswerCache
 
-__all__ = ["BackendStats", "ChatRequest", "ChatResult", "LLMBackend", "is_fatal", "mark_fatal"]
+__all__ = ["AnswerFormat", "BackendStats", "ChatRequest", "ChatResult", "LLMBackend", "is_fatal", "mark_fatal"]
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """A request's own answer shape, replacing the weights shape: a strict JSON schema (what the
+    openai backend sends as ``response_format``) and a regular expression matching the same answers
+    (what the local backend constrains generation to)."""
+
+    name: str
+    schema: dict[str, Any]
+    pattern: str
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One prompt to answer with ``n`` JSON samples holding a number per feature."""
+    """One prompt to answer with ``n`` JSON samples holding a number per feature.
+
+    With ``answer_format`` the answers take that shape instead (e.g. the judge's verdicts);
+    ``feature_names`` then names the features the request is about.
+    """
 
     messages: tuple[dict, ...]
     feature_names: tuple[str, ...]
@@ -39,6 +54,7 @@ class ChatRequest:
     max_tokens: int = 600
     reasoning: bool = False
     max_abs: float = 3.0
+    answer_format: AnswerFormat | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.messages, tuple):
@@ -75,6 +91,8 @@ class ChatRequest:
         """The generation parameters (everything but the messages), JSON-serialisable."""
         out = asdict(self)
         out.pop("messages")
+        if self.answer_format is None:  # absent, so cache keys of weight requests stay as they were
+            out.pop("answer_format")
         out["feature_names"] = list(self.feature_names)
         return out
 

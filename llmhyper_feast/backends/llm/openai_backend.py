@@ -115,10 +115,14 @@ class OpenAIBackend(LLMBackend):
         if seed is not None:
             body["seed"] = seed
         if self._schema_supported:
-            schema = answer_schema(request.feature_names, reasoning=request.reasoning, max_abs=request.max_abs)
+            if request.answer_format is not None:
+                name, schema = request.answer_format.name, request.answer_format.schema
+            else:
+                name = "ad_feature_weights"
+                schema = answer_schema(request.feature_names, reasoning=request.reasoning, max_abs=request.max_abs)
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "ad_feature_weights", "strict": True, "schema": schema},
+                "json_schema": {"name": name, "strict": True, "schema": schema},
             }
         return body
 

@@ -191,3 +191,38 @@ user_llm_priors = user_priors_view(user, data_dir=DATA)
 # --- impressions: what each user was shown and whether they clicked (training and evaluation input) ---
 
 ad_impressions = impressions_view(user, ad, data_dir=DATA)
+
+
+def _priors_as_features() -> bool:
+    """``user_priors.use_as_features`` of this repo (llmhyper.yaml or environment)."""
+    from llmhyper_feast.config import load_settings
+
+    return load_settings(Path(__file__).resolve().parent).user_priors.use_as_features
+
+
+# Opt-in ranking features from the user priors (`llmhyper priors features` fills them): a user
+# feature view only while user_priors.use_as_features is on, so the feature schema stays put.
+user_prior_features = FeatureView(
+    name="user_prior_features",
+    entities=[user],
+    ttl=timedelta(days=3650),
+    schema=[
+        Field(
+            name=f"prior_{f.name}",
+            dtype=Float32,
+            description=(
+                f"LLM-predicted share of the user's next conversions in the {f.name.replace('_', ' ')} category: "
+                "the user-priors list's scores on that category's advertisers over the list's total, from 0 to 1."
+            ),
+        )
+        for f in user_interests.features
+    ],
+    source=parquet_source("user_prior_features", DATA),
+    online=True,
+    description="Ranking features derived from the user priors (llmhyper priors features).",
+    tags={
+        "llmhyper.role": "user_features" if _priors_as_features() else "user_prior_features",
+        "llmhyper.order": "3",
+        "llmhyper.derived": "user_priors",
+    },
+)

@@ -14,7 +14,7 @@ from llmhyper_feast.cli.options import quiet_option, repo_option, settings_from_
 _SIZES = [
     ("users", 20000, "Users in the demo world."),
     ("retired", 300, "Retired (warm) ads."),
-    ("active", 20, "Active (cold) ads."),
+    ("active", 6, "Active (cold) ads (6: the bundled local LLM takes ~40 s per ad on 2 cores)."),
     ("impressions", 5000, "Impressions per ad."),
     ("seed", 7, "Random seed of the world."),
 ]

@@ -316,10 +316,32 @@ def _latency_plot(rows: list[dict[str, Any]]) -> str:
     return _img(fig, "latency per model", "Median time to score one user against all active ads, log scale.")
 
 
+def _robustness(rob: dict[str, Any]) -> str:
+    """Direction accuracy per counterfactual variant (``llmhyper robustness``)."""
+    head = "<tr><th>variant</th><th>pairs</th><th>correct</th><th>accuracy</th><th>mean change</th></tr>"
+    body = []
+    for variant, s in {**rob.get("by_variant", {}), "overall": rob.get("overall", {})}.items():
+        body.append(
+            f"<tr><td>{_e(variant)}</td><td>{_e(s.get('n', 0))}</td><td>{_e(s.get('correct', 0))}</td>"
+            f"<td>{_num(s.get('accuracy'), 3)}</td><td>{_num(s.get('mean_change'), 3)}</td></tr>"
+        )
+    note = (
+        f"<p>Source {_e(rob.get('source', '?'))}, variants from {_e(rob.get('variants_from', '?'))}, "
+        f"{_e(rob.get('ads', '?'))} ads; {len(rob.get('skipped', []))} pairs skipped (fallbacks). "
+        f"{_e(rob.get('note', ''))}. A weight is right when it goes up for an enhanced ad, down for a "
+        "diminished one and toward 0 for a neutralized one.</p>"
+    )
+    return f"<table>{head}{''.join(body)}</table>{note}"
+
+
 def build_html(
-    ev: dict[str, Any], bt: dict[str, Any] | None, truth: pd.DataFrame | None, generated: str | None = None
+    ev: dict[str, Any],
+    bt: dict[str, Any] | None,
+    truth: pd.DataFrame | None,
+    generated: str | None = None,
+    robustness: dict[str, Any] | None = None,
 ) -> str:
-    """The report page for loaded evaluation results (``bt``/``truth`` may be None)."""
+    """The report page for loaded evaluation results (``bt``/``truth``/``robustness`` may be None)."""
     generated = generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     rows = ev["rows"]
     parts = [
@@ -332,6 +354,8 @@ def build_html(
     parts.append("<h2>Generated weights</h2>" + _heatmap(ev, truth))
     if bt is not None:
         parts.append("<h2>Backtest on warm ads</h2>" + _backtest(bt, ev.get("feature_hash")))
+    if robustness is not None:
+        parts.append("<h2>Counterfactual robustness</h2>" + _robustness(robustness))
     parts.append("<h2>Serving latency</h2>" + _latency_plot(rows))
     title = f"LLM-HYPER report: {ev.get('llm_model', '')}"
     return (
@@ -343,7 +367,9 @@ def build_html(
 def write_report(repo: str | Path, out_path: str | Path | None = None) -> Path:
     """Write the self-contained HTML report of ``<repo>/data/evaluation.json`` and return its path."""
     ev, bt, truth = load_inputs(repo)
-    out = Path(out_path) if out_path is not None else RepoLayout(Path(repo)).report
+    layout = RepoLayout(Path(repo))
+    rob = _load_json(layout.robustness, "robustness results") if layout.robustness.exists() else None
+    out = Path(out_path) if out_path is not None else layout.report
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, build_html(ev, bt, truth))
+    atomic_write_text(out, build_html(ev, bt, truth, robustness=rob))
     return out

@@ -868,21 +868,22 @@ def _user_priors_schema(fv: Any) -> Any:
 
 
 def ensure_user_priors_sources(store: FeatureStore) -> None:
-    """Create empty parquet sources for the history, advertisers and user priors views that lack one."""
+    """Create empty parquet sources for the history, advertisers, user priors and derived prior-feature views."""
     import functools
 
     import pyarrow as pa
 
     from llmhyper_feast.store.files import atomic_write
 
-    for role in (HISTORY_ROLE, ADVERTISERS_ROLE, USER_PRIORS_ROLE):
-        for fv in _views_with_role(store, role):
-            if not _is_local_file_source(fv):
-                continue
-            path = _source_path(store, fv)
-            if not path.exists():
-                empty = pa.Table.from_pylist([], schema=_user_priors_schema(fv))
-                atomic_write(path, functools.partial(_write_parquet, empty))
+    views = [fv for role in (HISTORY_ROLE, ADVERTISERS_ROLE, USER_PRIORS_ROLE) for fv in _views_with_role(store, role)]
+    views += [fv for fv in store.list_feature_views() if (fv.tags or {}).get("llmhyper.derived") == "user_priors"]
+    for fv in {v.name: v for v in views}.values():
+        if not _is_local_file_source(fv):
+            continue
+        path = _source_path(store, fv)
+        if not path.exists():
+            empty = pa.Table.from_pylist([], schema=_user_priors_schema(fv))
+            atomic_write(path, functools.partial(_write_parquet, empty))
 
 
 def read_history(store: FeatureStore) -> pd.DataFrame:

@@ -118,7 +118,7 @@ def test_repo_layout_and_stats(coupon_repo: tuple[Path, dict[str, int]]) -> None
     ):
         assert (repo / name).exists(), name
     imps = pd.read_parquet(repo / "data" / "impressions.parquet")
-    assert list(imps.columns) == ["user_id", "ad_id", "clicked", "user_split"]
+    assert list(imps.columns) == ["user_id", "ad_id", "clicked", "user_split", "event_timestamp"]
     assert set(imps["user_split"]) == {"train", "test"} and set(imps["clicked"]) == {0, 1}
     per_ad = imps.groupby("ad_id").size()
     assert per_ad.min() >= MIN_AD_ROWS and stats["min_impressions_per_ad"] == per_ad.min()

@@ -72,6 +72,8 @@ def materialize_cmd(repo: Path) -> list[str]:
         "openai",
         "--concurrency",
         "1",
+        "--batch-size",
+        "10",  # two calls per ad, whatever the repo's llmhyper.yaml says
         "--quiet",
     ]
 
@@ -180,6 +182,8 @@ def test_sigkill_mid_generation_leaves_feast_untouched_and_resume_finishes(demo_
     assert got.found.all()
     np.testing.assert_allclose(got.weights, np.stack(offline.set_index("ad_id").loc[active, "weights"]), atol=1e-7)
     assert {m["origin"] for m in got.meta} == {"llm"}
-    settings = load_settings(repo).with_overrides(llm={"name": "openai", "options": {"model": MODEL, "api_key": "x"}})
+    settings = load_settings(repo).with_overrides(
+        llm={"name": "openai", "options": {"model": MODEL, "api_key": "x"}}, **{"generation.batch_size": 10}
+    )
     table = jobs.status(repo, settings).set_index("ad_id")
     assert set(table.loc[active, "state"]) == {"cold-current"}

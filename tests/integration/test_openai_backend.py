@@ -106,7 +106,7 @@ INVALID = {
     "extra_key": "unexpected keys ['bonus_feature']",
     "missing_key": "missing keys ['tech_affinity']",
     "duplicate_key": "duplicate keys ['age_norm']",
-    "out_of_range": "beyond +/-3",
+    "out_of_range": "far beyond the examples' range +/-3",
     "refusal": "refusal",
     "empty": "empty",
     "truncated": "finish_reason 'length'",

@@ -423,7 +423,7 @@ def test_redis_online_store_gives_the_same_scores(
         (dest / "feature_store.yaml").write_text(yaml)
         fa.apply_repo(dest)
         store = fa.open_store(dest)
-        fa.materialize_sources(store, [fv.name for fv in store.list_feature_views()])
+        fa.materialize_sources(store, [fv.name for fv in fa.online_views(store)])
         on_redis = Ranker(dest, models, reload_interval=None)
         sample = users[:200]
         np.testing.assert_array_equal(on_redis.score_users(sample), ranker.score_users(sample))

@@ -144,3 +144,18 @@ def test_report_renders_in_headless_chromium(evaluated_repo: Path, tmp_path: Pat
     img = Image.open(shot).convert("RGB")
     lo, hi = zip(*img.getextrema())
     assert any(h > low for low, h in zip(lo, hi)), "the screenshot is a single colour"
+
+
+def test_report_shows_the_robustness_figures_when_a_check_ran(evaluated_repo: Path, tmp_path: Path) -> None:
+    from llmhyper_feast.jobs.robustness import robustness
+
+    repo = tmp_path / "repo"
+    shutil.copytree(evaluated_repo, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "data" / "registry.db").unlink()
+    fa.apply_repo(repo)
+    assert "Counterfactual robustness" not in write_report(repo).read_text(encoding="utf-8")
+    result = robustness(repo, load_settings(repo).with_overrides(**{"llm.name": "none"}), progress=False)
+    page = write_report(repo).read_text(encoding="utf-8")
+    assert "<h2>Counterfactual robustness</h2>" in page
+    for variant, s in result["by_variant"].items():
+        assert f"<tr><td>{variant}</td><td>{s['n']}</td><td>{s['correct']}</td>" in page

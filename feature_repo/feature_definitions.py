@@ -1,17 +1,27 @@
-"""Feast definitions for the llmhyper-feast demo ad market.
+"""Feast definitions for the llmhyper-feast demo ad market, written with llmhyper_feast.definitions.
 
-Every Field of a view tagged ``llmhyper.role: user_features`` is a user feature the LLM
-writes a weight for; its ``description`` is the definition the prompt shows. Views are
-read by their ``llmhyper.order`` tag (then name) and fields in declared order; that order
-indexes every weight vector.
+This file names only what is the repo's own (entities, user feature views, ad content, the
+user-priors inputs, impressions); ``llmhyper_views`` adds the weight views and the ranking
+FeatureService. Every Field of a user feature view is a feature the LLM writes a weight for; its
+``description`` is the definition the prompt shows, and views in ``order``, fields in declared
+order, index every weight vector.
 """
 
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource
-from feast.types import Array, Float32, Int64, String, UnixTimestamp
+from feast import Entity, FeatureView, Field
+from feast.types import Float32, String
 from feast.value_type import ValueType
+
+from llmhyper_feast.definitions import (
+    ad_content_view,
+    impressions_view,
+    llmhyper_views,
+    parquet_source,
+    user_features_view,
+    user_priors_view,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -24,10 +34,6 @@ ad = Entity(
 )
 
 
-def _source(name: str) -> FileSource:
-    return FileSource(name=f"{name}_source", path=str(DATA / f"{name}.parquet"), timestamp_field="event_timestamp")
-
-
 def _engagement(topic: str) -> str:
     return (
         f"How strongly the user engaged with {topic} over the last 90 days: views, "
@@ -36,11 +42,10 @@ def _engagement(topic: str) -> str:
     )
 
 
-user_interests = FeatureView(
-    name="user_interests",
-    entities=[user],
-    ttl=timedelta(days=3650),
-    schema=[
+user_interests = user_features_view(
+    "user_interests",
+    user,
+    [
         Field(
             name="toys_games", dtype=Float32, description=_engagement("toys, board games, building sets and puzzles")
         ),
@@ -82,18 +87,16 @@ user_interests = FeatureView(
         ),
         Field(name="gardening", dtype=Float32, description=_engagement("plants, seeds, garden tools and lawn care")),
     ],
-    source=_source("user_interests"),
-    online=True,
+    data_dir=DATA,
     description="Per-category engagement scores of each user, refreshed daily.",
     owner="data-platform@example.com",
-    tags={"llmhyper.role": "user_features", "llmhyper.order": "1"},
+    order=1,
 )
 
-user_behaviour = FeatureView(
-    name="user_behaviour",
-    entities=[user],
-    ttl=timedelta(days=3650),
-    schema=[
+user_behaviour = user_features_view(
+    "user_behaviour",
+    user,
+    [
         Field(
             name="deal_seeking",
             dtype=Float32,
@@ -127,92 +130,20 @@ user_behaviour = FeatureView(
             ),
         ),
     ],
-    source=_source("user_behaviour"),
-    online=True,
+    data_dir=DATA,
     description="Shopping behaviour and context signals of each user.",
     owner="data-platform@example.com",
-    tags={"llmhyper.role": "user_features", "llmhyper.order": "2"},
+    order=2,
 )
 
-ad_content = FeatureView(
-    name="ad_content",
-    entities=[ad],
-    ttl=timedelta(days=3650),
-    schema=[
-        Field(name="title", dtype=String, description="Headline and message of the ad."),
-        Field(name="caption", dtype=String, description="A one-sentence description of the ad image."),
-        Field(name="image_uri", dtype=String, description="Location of the ad image (file path or URL)."),
-        Field(name="launch_date", dtype=UnixTimestamp, description="When the ad started serving."),
-        Field(name="status", dtype=String, description="retired (has a trained model) or active (new)."),
-        Field(name="advertiser_id", dtype=String, description="The advertiser (brand) that runs the ad."),
-    ],
-    source=_source("ad_content"),
-    online=True,
-    description="Creative content of each ad.",
-    tags={"llmhyper.role": "ad_content"},
+ad_content = ad_content_view(
+    ad,
+    data_dir=DATA,
+    extra_fields=[Field(name="advertiser_id", dtype=String, description="The advertiser (brand) that runs the ad.")],
 )
 
-warm_ad_weights = FeatureView(
-    name="warm_ad_weights",
-    entities=[ad],
-    ttl=timedelta(days=3650),
-    schema=[
-        Field(name="weights", dtype=Array(Float32), description="Trained weights, in user feature order."),
-        Field(name="bias", dtype=Float32, description="Trained intercept."),
-        Field(name="mean_ctr", dtype=Float32, description="Mean predicted CTR over training users."),
-        Field(name="impressions", dtype=Int64, description="Impressions the model was trained on."),
-        Field(name="clicks", dtype=Int64, description="Clicks the model was trained on."),
-        Field(name="train_auc", dtype=Float32, description="AUC on the training impressions."),
-        Field(name="feature_hash", dtype=String, description="Hash of the feature names and order the weights follow."),
-        Field(name="trained_at", dtype=UnixTimestamp, description="When the model was trained."),
-    ],
-    source=_source("warm_ad_weights"),
-    online=True,
-    description="Per-ad logistic regressions trained on clicks (warm ads).",
-    tags={"llmhyper.role": "warm_weights"},
-)
-
-generated_ad_weights = FeatureView(
-    name="generated_ad_weights",
-    entities=[ad],
-    ttl=timedelta(days=3650),
-    schema=[
-        Field(name="weights", dtype=Array(Float32), description="Calibrated weights, in user feature order."),
-        Field(name="bias", dtype=Float32, description="Calibrated intercept (delta)."),
-        Field(name="alpha", dtype=Float32, description="Target mean CTR from similar warm ads."),
-        Field(name="delta", dtype=Float32, description="Intercept shift found by calibration."),
-        Field(name="norm", dtype=Float32, description="L2 norm of the raw generated weights."),
-        Field(name="llm_model", dtype=String, description="Backend and model that wrote the weights."),
-        Field(name="prompt_hash", dtype=String, description="Hash of the prompts used."),
-        Field(name="prompt_version", dtype=String, description="Prompt template version."),
-        Field(name="feature_hash", dtype=String, description="Hash of the feature definitions used."),
-        Field(
-            name="weights_version",
-            dtype=String,
-            description="Identifies this vector: generation run, inputs and calibration settings.",
-        ),
-        Field(name="samples", dtype=Int64, description="Valid LLM samples averaged."),
-        Field(
-            name="origin",
-            dtype=String,
-            description=(
-                "llm (validated answers), prior (no LLM: the weight prior alone) "
-                "or fallback (the prior replaced failed answers)."
-            ),
-        ),
-        Field(name="reason", dtype=String, description="Why a fallback was used (empty for clean LLM answers)."),
-        Field(name="decision", dtype=String, description="Deployment gate decision (e.g. pass, blend:0.6, warn)."),
-        Field(
-            name="policy_tags",
-            dtype=String,
-            description='JSON list of the content rules (llmhyper_policy.yaml) the ad triggers, e.g. ["no_meat"].',
-        ),
-        Field(name="generated_at", dtype=UnixTimestamp, description="When the weights were generated."),
-    ],
-    source=_source("generated_ad_weights"),
-    online=True,
-    description="Per-ad weights written by the LLM hypernetwork and calibrated.",
-    tags={"llmhyper.role": "generated_weights"},
+warm_ad_weights, generated_ad_weights, ranking = llmhyper_views(
+    ad, data_dir=DATA, user_views=[user_interests, user_behaviour]
 )
 
 # --- user priors: which advertisers a user converts with next (llmhyper priors) ------------------
@@ -232,7 +163,7 @@ advertisers = FeatureView(
         Field(name="name", dtype=String, description="The advertiser's brand name."),
         Field(name="category", dtype=String, description="The user interest feature the advertiser sells in."),
     ],
-    source=_source("advertisers"),
+    source=parquet_source("advertisers", DATA),
     online=True,
     description="Advertisers (brands) of the ads.",
     tags={"llmhyper.role": "advertisers"},
@@ -247,56 +178,29 @@ user_history = FeatureView(
         Field(name="ad_id", dtype=String, description="The ad the user saw, clicked or converted on."),
         Field(name="event", dtype=String, description="impression, click or conversion."),
     ],
-    source=_source("user_history"),
+    source=parquet_source("user_history", DATA),
     # one row per event offline; online holds each user's latest event
     online=True,
     description="Time-stamped ad events of each user (event_timestamp is when it happened).",
     tags={"llmhyper.role": "user_history"},
 )
 
-user_llm_priors = FeatureView(
-    name="user_llm_priors",
-    entities=[user],
-    ttl=timedelta(days=3650),
-    schema=[
-        Field(
-            name="advertisers",
-            dtype=Array(String),
-            description="Advertiser ids the user is predicted to convert with next, best first.",
-        ),
-        Field(name="scores", dtype=Array(Float32), description="A score per advertiser in (0, 1], higher is likelier."),
-        Field(
-            name="interests", dtype=Array(String), description="Up to five interest features predicted for the user."
-        ),
-        Field(name="llm_model", dtype=String, description="Backend and model that wrote the list (or the baseline)."),
-        Field(name="origin", dtype=String, description="llm (validated answer) or fallback (a non-LLM baseline)."),
-        Field(name="reason", dtype=String, description="Why a fallback was used (empty for LLM answers)."),
-        Field(name="prompt_hash", dtype=String, description="Hash of the prompt sent."),
-        Field(
-            name="profile_hash",
-            dtype=String,
-            description="Hash of the user profile text; a new one triggers re-inference.",
-        ),
-        Field(name="generated_at", dtype=UnixTimestamp, description="When the list was written."),
-    ],
-    source=_source("user_llm_priors"),
-    online=True,
-    description="LLM-predicted next advertisers and interests per user (user priors).",
-    tags={"llmhyper.role": "user_priors"},
-)
+user_llm_priors = user_priors_view(user, data_dir=DATA)
+
+# --- impressions: what each user was shown and whether they clicked (training and evaluation input) ---
+
+ad_impressions = impressions_view(user, ad, data_dir=DATA)
 
 
 def _priors_as_features() -> bool:
-    """``user_priors.use_as_features`` of this repo (llmhyper.yaml or environment); off without llmhyper_feast."""
-    try:
-        from llmhyper_feast.config import load_settings
-    except ImportError:
-        return False
+    """``user_priors.use_as_features`` of this repo (llmhyper.yaml or environment)."""
+    from llmhyper_feast.config import load_settings
+
     return load_settings(Path(__file__).resolve().parent).user_priors.use_as_features
 
 
-# Opt-in: while use_as_features is off this view is registered but is not a user feature view, so the
-# feature schema (and every LLM-HYPER number) stays as it was. `llmhyper priors features` fills it.
+# Opt-in ranking features from the user priors (`llmhyper priors features` fills them): a user
+# feature view only while user_priors.use_as_features is on, so the feature schema stays put.
 user_prior_features = FeatureView(
     name="user_prior_features",
     entities=[user],
@@ -312,7 +216,7 @@ user_prior_features = FeatureView(
         )
         for f in user_interests.features
     ],
-    source=_source("user_prior_features"),
+    source=parquet_source("user_prior_features", DATA),
     online=True,
     description="Ranking features derived from the user priors (llmhyper priors features).",
     tags={
@@ -320,35 +224,4 @@ user_prior_features = FeatureView(
         "llmhyper.order": "3",
         "llmhyper.derived": "user_priors",
     },
-)
-
-
-ranking = FeatureService(
-    name="ranking",
-    features=[
-        user_interests,
-        user_behaviour,
-        # serving columns only: free-text reasons stay out of what the service hands out
-        generated_ad_weights[["weights", "bias", "alpha", "weights_version", "origin", "llm_model", "policy_tags"]],
-    ],
-    description="User features and generated ad weights for ranking cold ads.",
-)
-
-# --- impressions: what each user was shown and whether they clicked (training and evaluation input) ---
-
-ad_impressions = FeatureView(
-    name="ad_impressions",
-    entities=[user, ad],
-    ttl=timedelta(days=3650),
-    schema=[
-        Field(name="clicked", dtype=Int64, description="1 when the user clicked the ad, else 0."),
-        Field(
-            name="user_split", dtype=String, description="train or test: which side of the evaluation the user is on."
-        ),
-    ],
-    source=_source("impressions"),
-    # read offline only (training, evaluation); nothing serves it online
-    online=False,
-    description="One row per ad shown to a user (event_timestamp is when it was shown).",
-    tags={"llmhyper.role": "impressions"},
 )

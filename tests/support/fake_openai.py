@@ -349,22 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "logprobs": None,
                 }
             )
-        prompt_tokens = len(json.dumps(body.get("messages", []))) // 4 + 1
-        self._send(
-            200,
-            {
-                "id": f"chatcmpl-fake-{fake.calls}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "fake-model"),
-                "choices": choices,
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            },
-        )
+        self._send(200, _completion(body, choices, completion_tokens, fake.calls))
 
     # --- written content (trust-layer tests: judge verdicts, ad rewrites) ----------------------
     def _respond_written(self, fake: FakeOpenAI, body: dict[str, Any], n: int) -> bool:
@@ -374,28 +359,30 @@ class _Handler(BaseHTTPRequestHandler):
         contents = [fake.writer(body, j) for j in range(n)]
         if any(c is None for c in contents):
             return False
-        prompt_tokens = len(json.dumps(body.get("messages", []))) // 4 + 1
         completion_tokens = sum(len(c or "") // 4 + 1 for c in contents)
         choices = [
             {"index": j, "message": {"role": "assistant", "content": c, "refusal": None}, "finish_reason": "stop"}
             for j, c in enumerate(contents)
         ]
-        self._send(
-            200,
-            {
-                "id": f"chatcmpl-fake-{fake.calls}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model", "fake-model"),
-                "choices": choices,
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            },
-        )
+        self._send(200, _completion(body, choices, completion_tokens, fake.calls))
         return True
+
+
+def _completion(body: dict[str, Any], choices: list[dict[str, Any]], completion_tokens: int, calls: int) -> dict:
+    """A chat.completion body holding ``choices``; usage counted roughly (4 characters a token)."""
+    prompt_tokens = len(json.dumps(body.get("messages", []))) // 4 + 1
+    return {
+        "id": f"chatcmpl-fake-{calls}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "fake-model"),
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 # --- answers from the schema's enums (user priors) ------------------------------------------------
@@ -418,15 +405,8 @@ def _enum_content(body: dict[str, Any], behaviour: str) -> str:
 
 def _enum_completion(body: dict[str, Any], behaviour: str, n: int, calls: int) -> dict[str, Any]:
     content = _enum_content(body, behaviour)
-    prompt_tokens = len(json.dumps(body.get("messages", []))) // 4 + 1
-    return {
-        "id": f"chatcmpl-fake-{calls}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body.get("model", "fake-model"),
-        "choices": [
-            {"index": j, "message": {"role": "assistant", "content": content, "refusal": None}, "finish_reason": "stop"}
-            for j in range(n)
-        ],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n * (len(content) // 4 + 1), "total_tokens": 0},
-    }
+    choices = [
+        {"index": j, "message": {"role": "assistant", "content": content, "refusal": None}, "finish_reason": "stop"}
+        for j in range(n)
+    ]
+    return _completion(body, choices, n * (len(content) // 4 + 1), calls)

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from llmhyper_feast.errors import ConfigError, DataError, FeatureRepoError
+from llmhyper_feast.store.files import atomic_write_text
 
 PERSON_COLUMNS = (
     "gender",
@@ -426,7 +427,9 @@ def _write_repo_files(out: Path) -> None:
         for view in USER_VIEWS
     }
     text = Template((TEMPLATE_DIR / "feature_definitions.py.tmpl").read_text())
-    (out / "feature_definitions.py").write_text(text.substitute(profile_fields=fields[_P], habit_fields=fields[_H]))
+    atomic_write_text(
+        out / "feature_definitions.py", text.substitute(profile_fields=fields[_P], habit_fields=fields[_H])
+    )
     for name in ("feature_store.yaml", "llmhyper.yaml", ".feastignore"):
         shutil.copyfile(TEMPLATE_DIR / name, out / name)
 

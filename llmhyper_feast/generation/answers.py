@@ -143,10 +143,17 @@ def _snippet(text: str) -> str:
     return repr(flat if len(flat) <= _SNIPPET else flat[:_SNIPPET] + "...")
 
 
-def _decode(text: str) -> tuple[Any, list[str]]:
-    """json.loads with duplicate-key and NaN detection; raises AnswerError if not JSON."""
+_WEIGHTS_SHAPE = "a JSON object with one number per feature"
+
+
+def decode_json(text: str | None, *, who: str = "The answer", shape: str = _WEIGHTS_SHAPE) -> tuple[Any, list[str]]:
+    """json.loads of an LLM answer (one code fence stripped) with duplicate-key and NaN detection.
+
+    Returns (value, duplicated keys); raises AnswerError naming ``who`` and the expected ``shape``
+    when the text is empty, prose, truncated or malformed JSON.
+    """
     if text is None or not str(text).strip():
-        raise AnswerError("The answer is empty; expected a JSON object with one number per feature.")
+        raise AnswerError(f"{who} is empty; expected {shape}.")
     body = str(text).strip()
     fenced = _FENCE.match(body)
     if fenced:
@@ -166,17 +173,14 @@ def _decode(text: str) -> tuple[Any, list[str]]:
     except json.JSONDecodeError as exc:
         if not body.startswith(("{", "[")):
             raise AnswerError(
-                f"The answer is not JSON (it looks like a refusal or prose): {_snippet(body)}; "
-                "expected only a JSON object with one number per feature."
+                f"{who} is not JSON (it looks like a refusal or prose): {_snippet(body)}; expected only {shape}."
             ) from None
         if exc.pos >= len(body.rstrip()) or exc.msg.startswith("Unterminated"):
             raise AnswerError(
-                f"The answer's JSON is truncated (it stops at character {exc.pos}): {_snippet(body[-_SNIPPET:])}; "
+                f"{who}'s JSON is truncated (it stops at character {exc.pos}): {_snippet(body[-_SNIPPET:])}; "
                 "expected a complete JSON object (raise max_tokens if the model ran out of tokens)."
             ) from None
-        raise AnswerError(
-            f"The answer is malformed JSON ({exc.msg} at character {exc.pos}): {_snippet(body)}."
-        ) from None
+        raise AnswerError(f"{who} is malformed JSON ({exc.msg} at character {exc.pos}): {_snippet(body)}.") from None
     return value, duplicates
 
 
@@ -228,7 +232,7 @@ def _check_weights(
 def _parse(
     text: str, names: tuple[str, ...], *, reasoning: bool, max_abs: float
 ) -> tuple[dict[str, float], dict[str, str], list[str]]:
-    value, duplicates = _decode(text)
+    value, duplicates = decode_json(text)
     problems: list[str] = []
     clipped: list[str] = []
     if duplicates:

@@ -36,7 +36,7 @@ import numpy as np
 from llmhyper_feast.backends.llm.base import AnswerFormat, ChatRequest, ChatResult
 from llmhyper_feast.errors import AnswerError, InputError
 from llmhyper_feast.features import Ad, FeatureSchema, clean_text
-from llmhyper_feast.generation.answers import WeightOutcome, request_weights
+from llmhyper_feast.generation.answers import WeightOutcome, decode_json, request_weights
 from llmhyper_feast.store.redact import redact
 
 if TYPE_CHECKING:
@@ -172,30 +172,7 @@ def judge_format(feature_names: Sequence[str], *, reasoning: bool = False) -> An
 
 
 def _decode(text: str) -> tuple[Any, list[str]]:
-    body = str(text or "").strip()
-    fence = re.fullmatch(r"```(?:json|JSON)?\s*(.*?)\s*```", body, re.DOTALL)
-    if fence:
-        body = fence.group(1)
-    if not body:
-        raise AnswerError('The judge\'s answer is empty; expected a JSON object {"flags": [...]}.')
-    duplicates: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                duplicates.append(key)
-            out[key] = value
-        return out
-
-    try:
-        return json.loads(body, object_pairs_hook=pairs), duplicates
-    except json.JSONDecodeError as exc:
-        flat = " ".join(redact(body).split())[:80]
-        raise AnswerError(
-            f"The judge's answer is not valid JSON ({exc.msg} at character {exc.pos}): {flat!r}; "
-            'expected only a JSON object {"flags": [...]}.'
-        ) from None
+    return decode_json(text, who="The judge's answer", shape='a JSON object {"flags": [...]}')
 
 
 def parse_verdict(text: str, feature_names: Sequence[str], *, reasoning: bool = False) -> Verdict:

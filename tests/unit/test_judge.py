@@ -65,7 +65,7 @@ INVALID = {
     "extra top key": ('{"flags": [], "verdict": "ok"}', False, "unexpected keys ['verdict']"),
     "duplicate keys": ('{"flags": [], "flags": []}', False, "duplicate keys ['flags']"),
     "not an object": ("[]", False, "must be a JSON object"),
-    "prose": ("Looks fine to me.", False, "not valid JSON"),
+    "prose": ("Looks fine to me.", False, "not JSON"),
     "empty": ("", False, "empty"),
     "stated missing": (answer([]), True, "missing keys ['stated']"),
     "stated without a feature": (answer([], {"cooking": "+", "vegetarian": "-"}), True, "misses features ['travel']"),

@@ -8,7 +8,7 @@ of dotted keys (``generation.shots``, ``llm.options.model``, ...):
 * the environment: ``LLMHYPER_<SECTION>__<KEY>`` for any key (``LLMHYPER_GENERATION__SHOTS=3``,
   ``LLMHYPER_LLM__OPTIONS__BASE_URL=...``), plus the short names in :data:`ENV_ALIASES`
   (``LLMHYPER_LLM``, ``LLMHYPER_MODEL``, ``LLMHYPER_EMBEDDER``, ``LLMHYPER_PRIOR``,
-  ``LLMHYPER_CONCURRENCY``);
+  ``LLMHYPER_CONCURRENCY``, ``LLMHYPER_ENGINE``);
 * flags: the CLI's options, mapped to the same dotted keys.
 
 Options belong to a backend: a layer that names a different ``llm``, ``embedder`` or ``prior``
@@ -38,9 +38,10 @@ ENV_ALIASES: dict[str, str] = {
     "LLMHYPER_EMBEDDER": "embedder.name",
     "LLMHYPER_PRIOR": "prior.name",
     "LLMHYPER_CONCURRENCY": "generation.concurrency",
+    "LLMHYPER_ENGINE": "engine",
 }
-# environment variables with our prefix that are not settings
-_ENV_IGNORED = {"LLMHYPER_REGEN_GOLDEN", "LLMHYPER_TEST_KILL_AT"}  # test switches, not settings
+# environment variables with our prefix that are not settings (test switches)
+_ENV_IGNORED = {"LLMHYPER_REGEN_GOLDEN", "LLMHYPER_TEST_KILL_AT", "LLMHYPER_TEST_CRASH_ONCE"}
 _PLUGIN_SECTIONS = ("llm", "embedder", "prior")
 _SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token")
 
@@ -138,6 +139,20 @@ class InputsConfig(BaseModel):
         return tuple(p for p in value.split(os.pathsep) if p) if isinstance(value, str) else value
 
 
+class PriorsFilterConfig(BaseModel):
+    """How ``candidates="priors"`` uses a user's predicted advertisers when ranking (see ``userpriors/filter.py``)."""
+
+    model_config = _STRICT
+    mode: Literal["restrict", "boost"] = Field(
+        "restrict",
+        description="restrict: reserve `quota` of the k slots for ads of the predicted advertisers (best first), the "
+        "rest to the best of all remaining ads; boost: order by ctr * (1 + boost * the advertiser's prior score)",
+    )
+    advertisers: int = Field(5, ge=1, le=200, description="how many of the user's predicted advertisers count")
+    quota: float = Field(1.0, ge=0.0, le=1.0, description="restrict: share of the k slots reserved for them")
+    boost: float = Field(1.0, ge=0.0, le=100.0, description="boost: the multiplier's strength (0: plain ranking)")
+
+
 class UserPriorsConfig(BaseModel):
     """User priors (``llmhyper priors``): which users are inferred, what the prompt holds, how lists are judged."""
 
@@ -172,6 +187,30 @@ class UserPriorsConfig(BaseModel):
         "retrain, after changing it); off keeps the feature schema and every LLM-HYPER number unchanged",
     )
     seed: int = 0
+    filter: PriorsFilterConfig = PriorsFilterConfig()
+
+
+class RayConfig(BaseModel):
+    """Where ``engine: ray`` runs (see llmhyper_feast/engine/)."""
+
+    model_config = _STRICT
+    address: str = Field(
+        "", description="empty: start a local Ray instance; host:port, ray://host:port or auto: join that cluster"
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance (default: all)")
+    max_concurrency_per_worker: int | None = Field(
+        None, ge=1, le=256, description="LLM calls in flight per Ray worker (default: generation.concurrency)"
+    )
+    max_retries: int = Field(3, ge=0, le=20, description="times a task is rerun when its worker dies")
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        from llmhyper_feast.engine.ray_engine import check_address
+
+        if value.strip():
+            check_address(value.strip())
+        return value.strip()
 
 
 class Settings(BaseModel):
@@ -187,6 +226,17 @@ class Settings(BaseModel):
     gate: GateConfig = GateConfig()
     inputs: InputsConfig = InputsConfig()
     user_priors: UserPriorsConfig = UserPriorsConfig()
+    engine: str = Field("local", description="where heavy jobs run: local (this process) or ray (see ray.*)")
+    ray: RayConfig = RayConfig()
+
+    @field_validator("engine")
+    @classmethod
+    def _check_engine(cls, value: str) -> str:
+        from llmhyper_feast.engine import available_engines
+
+        if value not in ("local", "ray") and ":" not in value and value not in available_engines():
+            raise ValueError(f"unknown engine; choose one of {', '.join(available_engines())} (or pkg.mod:Class)")
+        return value
 
     def with_overrides(self, **flags: Any) -> Settings:
         """A copy with dotted-key overrides (``{"generation.shots": 3}``); None values are ignored."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from llmhyper_feast.cli.options import quiet_option, repo_option, settings_from_flags
+from llmhyper_feast.cli.options import engine_option, quiet_option, repo_option, settings_from_flags
 
 _SIZES = [
     ("users", 20000, "Users in the demo world."),
@@ -42,6 +42,7 @@ def _world_size(users: int, retired: int, active: int, impressions: int, seed: i
     help="Where the demo exports the ONNX models (default: <repo>/data/onnx).",
 )
 @click.option("--llm", default=None, help="Backend for the demo's generation (default: llmhyper.yaml, i.e. local).")
+@engine_option
 @quiet_option
 @click.pass_context
 def demo(
@@ -54,6 +55,7 @@ def demo(
     seed: int,
     out: Path | None,
     llm: str | None,
+    engine: str | None,
     quiet: bool,
 ) -> None:
     """Run the end-to-end demo (subcommands run single steps).
@@ -72,7 +74,7 @@ def demo(
 
     t0 = time.perf_counter()
     progress = not quiet
-    settings = settings_from_flags(repo, llm=llm)
+    settings = settings_from_flags(repo, llm=llm, engine=engine)
     size = _world_size(users, retired, active, impressions, seed)
 
     def step(i: int, text: str) -> None:

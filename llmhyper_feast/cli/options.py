@@ -62,7 +62,14 @@ SETTING_FLAGS: dict[str, str] = {
     "concurrency": "generation.concurrency",
     "allow_fallback": "generation.allow_fallback",
     "judge": "generation.judge",
+    "engine": "engine",
 }
+
+engine_option = click.option(
+    "--engine",
+    default=None,
+    help="Where heavy work runs: local (this process) or ray (Ray tasks; see ray.address). Setting: engine.",
+)
 
 _BACKEND_OPTIONS = [
     click.option(
@@ -92,6 +99,7 @@ _BACKEND_OPTIONS = [
         default=None,
         help="Check each batch of weights with a second LLM call; redo flagged ones once. Setting: generation.judge.",
     ),
+    engine_option,
 ]
 
 

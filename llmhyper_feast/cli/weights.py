@@ -9,6 +9,7 @@ import click
 
 from llmhyper_feast.cli.options import (
     backend_options,
+    engine_option,
     impressions_option,
     quiet_option,
     repo_option,
@@ -63,15 +64,18 @@ def print_warm(report: Any) -> None:
     is_flag=True,
     help="Also train every cold ad with >= warm.min_impressions impressions (it is then served warm).",
 )
+@engine_option
 @quiet_option
-def train_warm(repo: Path, impressions: Path | None, ads: tuple[str, ...], handoff: bool, quiet: bool) -> None:
+def train_warm(
+    repo: Path, impressions: Path | None, ads: tuple[str, ...], handoff: bool, engine: str | None, quiet: bool
+) -> None:
     """Fit one L2 logistic regression per warm ad and store it in the warm weights view."""
     from llmhyper_feast import jobs
 
     print_warm(
         jobs.train_warm(
             repo,
-            settings_from_flags(repo),
+            settings_from_flags(repo, engine=engine),
             impressions_path=impressions,
             ad_ids=list(ads) or None,
             handoff=handoff,

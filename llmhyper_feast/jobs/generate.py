@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
     from llmhyper_feast.backends.llm.base import LLMBackend
+    from llmhyper_feast.engine import Engine
     from llmhyper_feast.generation.priors import WeightPrior
     from llmhyper_feast.generation.retrieval import WarmIndex
     from llmhyper_feast.generation.runner import GenerationInputs
@@ -81,10 +82,16 @@ def fit_prior(prior: WeightPrior, warm: dict[str, WarmAd], index: WarmIndex, emb
 
 
 def build_index(
-    repo: str | Path, settings: Settings, *, progress: bool = True
+    repo: str | Path, settings: Settings, *, progress: bool = True, engine: Engine | None = None
 ) -> tuple[FeatureStore, GenerationInputs]:
-    """Embed the warm ads (reusing the saved index when nothing changed) and return generation inputs."""
+    """Embed the warm ads (reusing the saved index when nothing changed) and return generation inputs.
+
+    LLM work runs on ``engine`` (default: the one ``settings.engine`` names, started on first use).
+    """
+    import functools
+
     from llmhyper_feast.backends.embedders import get_embedder
+    from llmhyper_feast.engine import get_engine
     from llmhyper_feast.generation.priors import get_prior
     from llmhyper_feast.generation.prompts import ImagePolicy
     from llmhyper_feast.generation.retrieval import WarmIndex
@@ -105,7 +112,16 @@ def build_index(
         allow_remote=settings.inputs.allow_remote_images,
     )
     return store, GenerationInputs(
-        schema, warm, index, embedder, make_backend(layout.root, settings), settings.generation, prior, images
+        schema,
+        warm,
+        index,
+        embedder,
+        make_backend(layout.root, settings),
+        settings.generation,
+        prior,
+        images,
+        engine=engine or get_engine(settings),
+        backend_factory=functools.partial(make_backend, layout.root, settings),
     )
 
 
@@ -144,11 +160,20 @@ def generate(
     repo: str | Path, settings: Settings, *, ad_ids: list[str] | None = None, force: bool = False, progress: bool = True
 ) -> pd.DataFrame:
     """Generate weights for active cold ads that need it (every one of ``ad_ids`` with ``force``)."""
+    from llmhyper_feast.engine import get_engine
+
+    with get_engine(settings) as engine:  # connect first: an unreachable cluster fails before any write
+        return _generate(repo, settings, engine, ad_ids, force, progress)
+
+
+def _generate(
+    repo: str | Path, settings: Settings, engine: Engine, ad_ids: list[str] | None, force: bool, progress: bool
+) -> pd.DataFrame:
     from llmhyper_feast.generation.runner import generate_rows, read_log
     from llmhyper_feast.generation.staleness import needs_generation, usable_generations
 
     layout = RepoLayout.of(repo)
-    store, inputs = build_index(layout.root, settings, progress=progress)
+    store, inputs = build_index(layout.root, settings, progress=progress, engine=engine)
     ads, _ = fa.read_ads(store, status=None if ad_ids else "active")
     if ad_ids:
         known = {a.ad_id for a in ads}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,9 @@ from llmhyper_feast.store import feast_adapter as fa
 from llmhyper_feast.store.layout import RepoLayout
 from llmhyper_feast.store.lock import locked
 from llmhyper_feast.training.warm import LRCold, lr_cold, train_warm_models
+
+if TYPE_CHECKING:
+    from llmhyper_feast.engine import Engine
 
 _log = logging.getLogger(__name__)
 
@@ -84,8 +88,24 @@ def train_warm(
     """Train warm models for retired ads (or ``ad_ids``), write them to Feast, refresh LR_cold.
 
     ``handoff`` also trains every cold ad with at least ``warm.min_impressions`` impressions.
-    Holds the repo lock; first finishes any write a killed run left half done.
+    Holds the repo lock; first finishes any write a killed run left half done. The fits run on
+    ``settings.engine``; impressions and users are read through Feast here, on the driver.
     """
+    from llmhyper_feast.engine import get_engine
+
+    with get_engine(settings) as engine:  # connect first: an unreachable cluster fails before any write
+        return _train_warm(repo, settings, engine, impressions_path, ad_ids, handoff, progress)
+
+
+def _train_warm(
+    repo: str | Path,
+    settings: Settings,
+    engine: Engine,
+    impressions_path: str | Path | None,
+    ad_ids: list[str] | None,
+    handoff: bool,
+    progress: bool,
+) -> WarmReport:
     layout = RepoLayout.of(repo)
     store = fa.open_store(layout.root)
     fa.finish_pending_writes(store)
@@ -100,7 +120,9 @@ def train_warm(
         counts = impressions[impressions["ad_id"].isin(cold_ids)].groupby("ad_id").size()
         ad_ids = list(dict.fromkeys([*ad_ids, *counts[counts >= settings.warm.min_impressions].index]))
     user_ids, users = fa.read_user_matrix(store, schema)
-    result = train_warm_models(impressions, user_ids, users, schema, ad_ids, settings.warm, progress=progress)
+    result = train_warm_models(
+        impressions, user_ids, users, schema, ad_ids, settings.warm, progress=progress, engine=engine
+    )
     warm_view = fa.view_for_role(store, fa.WARM_ROLE).name
     fa.write_view(store, warm_view, result.rows)
     cold = lr_cold(fa.read_latest(store, warm_view), schema)

@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,9 @@ from llmhyper_feast.config import WarmConfig
 from llmhyper_feast.errors import DataError
 from llmhyper_feast.features import FeatureSchema, LinearModel
 from llmhyper_feast.store.files import atomic_write_json
+
+if TYPE_CHECKING:
+    from llmhyper_feast.engine import Engine
 
 REQUIRED_COLUMNS = ("user_id", "ad_id", "clicked")
 
@@ -71,10 +75,12 @@ def train_warm_models(
     *,
     split: str | None = "train",
     progress: bool = True,
+    engine: Engine | None = None,
 ) -> WarmTrainingResult:
-    """Train one model per ad in ``ad_ids`` on its impressions by users of ``split`` (None = all)."""
-    from tqdm.auto import tqdm
+    """Train one model per ad in ``ad_ids`` on its impressions by users of ``split`` (None = all).
 
+    ``engine`` runs the fits (default: in this process); any engine gives the same weights.
+    """
     check_impressions(impressions)
     users = np.asarray(users, np.float64)
     if users.ndim != 2 or users.shape[1] != len(schema):
@@ -94,9 +100,10 @@ def train_warm_models(
     known = imps["user_id"].isin(row_of.index)
     imps = imps[known]
     now = datetime.now(UTC)
-    rows, skipped = [], {}
+    skipped: dict[str, str] = {}
+    plan: list[tuple[str, np.ndarray, np.ndarray]] = []  # (ad id, user rows, clicks) of each ad to fit
     groups: dict[str, pd.DataFrame] = dict(tuple(imps.groupby("ad_id", sort=False)))
-    for ad_id in tqdm(ad_ids, desc="train warm ads", disable=not progress):
+    for ad_id in ad_ids:
         g = groups.get(ad_id)
         n, clicks = (0, 0) if g is None else (len(g), int(g["clicked"].sum()))
         if g is None or n < config.min_impressions or clicks < config.min_clicks or clicks == n:
@@ -105,16 +112,19 @@ def train_warm_models(
                 f"and >= {config.min_clicks} clicks (and some non-clicks)"
             )
             continue
-        x = users[row_of[g["user_id"]].to_numpy()]
-        w, b, mean_ctr, auc = fit_ad(x, g["clicked"].to_numpy().astype(int), config.l2_c)
+        plan.append((ad_id, row_of[g["user_id"]].to_numpy(), g["clicked"].to_numpy().astype(int)))
+    fitted = _fit_all(users, plan, config.l2_c, engine, progress)
+    rows = []
+    for ad_id, _, y in plan:
+        w, b, mean_ctr, auc = fitted[ad_id]
         rows.append(
             {
                 "ad_id": ad_id,
                 "weights": w.astype(np.float32),
                 "bias": np.float32(b),
                 "mean_ctr": np.float32(mean_ctr),
-                "impressions": n,
-                "clicks": clicks,
+                "impressions": len(y),
+                "clicks": int(y.sum()),
                 "train_auc": np.float32(auc),
                 "feature_hash": schema.names_hash,
                 "trained_at": now,
@@ -122,6 +132,42 @@ def train_warm_models(
             }
         )
     return WarmTrainingResult(pd.DataFrame(rows), skipped)
+
+
+_FIT = tuple[np.ndarray, float, float, float]
+_ADS_PER_LOCAL_GROUP = 16
+_GROUPS_PER_WORKER = 4  # several groups per worker, so a slow group does not idle the others
+
+
+def _fit_group(context: tuple[np.ndarray, float], group: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, _FIT]:
+    """Fit each ad of ``group``: (ad id, rows of the shared user matrix, clicks) -> fit_ad's result."""
+    users, l2_c = context
+    return {ad_id: fit_ad(users[rows], y, l2_c) for ad_id, rows, y in group}
+
+
+def _fit_all(
+    users: np.ndarray,
+    plan: list[tuple[str, np.ndarray, np.ndarray]],
+    l2_c: float,
+    engine: Engine | None,
+    progress: bool,
+) -> dict[str, _FIT]:
+    """Every planned ad's fit, the groups run by ``engine`` (in this process when None)."""
+    from tqdm.auto import tqdm
+
+    from llmhyper_feast.engine import get_engine, split_even
+
+    engine = engine or get_engine()
+    fitted: dict[str, _FIT] = {}
+    with engine, tqdm(total=len(plan), desc=f"train warm ads ({engine.name})", disable=not progress) as bar:
+        n_groups = (  # workers is known once the engine has started
+            engine.workers * _GROUPS_PER_WORKER if engine.distributed else -(-len(plan) // _ADS_PER_LOCAL_GROUP)
+        )
+        groups = split_even(plan, n_groups) if plan else []
+        for _, result in engine.map_groups(_fit_group, groups, context=(users, l2_c), what="train-warm"):
+            fitted.update(result)
+            bar.update(len(result))
+    return fitted
 
 
 @dataclass(frozen=True, eq=False)

@@ -51,6 +51,12 @@ def _register() -> None:
     cli.add_command(_setup.doctor)  # issue 11: check a repo
 
 
+def _register_batch() -> None:
+    from llmhyper_feast.cli.batch import batch  # issue 12: OpenAI Batch API / vllm run-batch
+
+    cli.add_command(batch)
+
+
 def _register_trust() -> None:
     from llmhyper_feast.cli import robustness
 
@@ -59,6 +65,7 @@ def _register_trust() -> None:
 
 
 _register()
+_register_batch()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,8 +30,16 @@ def materialize(
 ) -> MaterializeReport:
     """Generate what is missing or stale, calibrate it and write it to the generated weights view.
 
-    Holds the repo lock; first finishes any write a killed run left half done.
+    Holds the repo lock; first finishes any write a killed run left half done. Generation runs
+    on ``settings.engine``, connected before anything is written.
     """
+    from llmhyper_feast.engine import get_engine
+
+    with get_engine(settings):  # generate() joins this session instead of opening its own
+        return _materialize(repo, settings, force, progress)
+
+
+def _materialize(repo: str | Path, settings: Settings, force: bool, progress: bool) -> MaterializeReport:
     from llmhyper_feast.calibration.rows import generated_rows, with_policy_tags
     from llmhyper_feast.evaluation import backtest
     from llmhyper_feast.generation.policy import load_policy
@@ -109,6 +117,7 @@ def status(repo: str | Path, settings: Settings) -> pd.DataFrame:
                     rows[a].update(state="online-missing", reason=f"weights {want} are stored offline but not online")
                 elif got != want:
                     rows[a].update(state="online-stale", reason=f"online serves weights {got}, offline holds {want}")
+    _add_batch_notes(root, rows)
     table = pd.DataFrame(list(rows.values()), columns=["ad_id", "status", "state", "reason"])
     found = set(table["state"])
     hints = []
@@ -120,3 +129,13 @@ def status(repo: str | Path, settings: Settings) -> pd.DataFrame:
         hints.append(f"`llmhyper repair --repo {root}` reloads the online store from the offline history")
     table.attrs["hint"] = "; ".join(hints)
     return table
+
+
+def _add_batch_notes(root: Path, rows: dict[str, dict]) -> None:
+    """Name the LLM batch a cold ad without current weights waits for, or was lost in (jobs/batch.py)."""
+    from llmhyper_feast.jobs.batch import batch_notes
+
+    for ad_id, note in batch_notes(root).items():
+        row = rows.get(ad_id)
+        if row is not None and row["state"] in ("cold-missing", "cold-stale"):
+            row["reason"] += f"; {note}"

@@ -77,6 +77,11 @@ class RepoLayout:
         return self.data / "llm_cache"
 
     @property
+    def llm_batches(self) -> Path:
+        """Records of LLM batch jobs (OpenAI Batch API ids, their requests and outcome; jobs/batch.py)."""
+        return self.data / "llm_batches.json"
+
+    @property
     def backtest(self) -> Path:
         return self.data / "backtest.json"
 

@@ -11,11 +11,22 @@ malformed, fenced, string_numbers, nan, extra_key, missing_key, duplicate_key,
 out_of_range, refusal, empty, reject_n (400 when n > 1, else good), reject_schema (400 while
 ``response_format`` is sent, else good), reject_max_tokens (400 while ``max_tokens`` is sent,
 as newer OpenAI models do, else good).
+
+The Batch API is served too (``/v1/files`` upload and content, ``/v1/batches`` create, retrieve,
+list, cancel): a batch advances one state per poll (validating, in_progress, ... completed after
+:attr:`FakeOpenAI.batch_polls` polls) and its output file holds each input line answered by the
+same completion logic (behaviours from :meth:`FakeOpenAI.script_batch_lines`, else good), in
+shuffled order. :meth:`FakeOpenAI.script_batches` makes the next batches ``failed`` or ``expired``
+(the first half of the lines answered). :meth:`FakeOpenAI.run_batch_file` answers an input file
+as ``vllm run-batch`` would.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
+import random
 import threading
 import time
 import zlib
@@ -90,6 +101,16 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self._queue: deque[str] = deque()
+        # Batch API state (see the module docstring)
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.batches_created = 0
+        self.batch_lines_run = 0
+        self.batch_polls = 2  # polls until a batch completes
+        self.batch_shuffle = True
+        self.batch_garbage_lines = 0  # unreadable lines appended to each output file
+        self._batch_outcomes: deque[str] = deque()
+        self._line_queue: deque[str] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -102,6 +123,27 @@ class FakeOpenAI:
             _check(b)
         with self._lock:
             self._queue.extend(behaviours)
+
+    def script_batches(self, *outcomes: str) -> None:
+        """Queue how the next created batches end: completed, failed or expired."""
+        for o in outcomes:
+            if o not in BATCH_OUTCOMES:
+                raise ValueError(f"Unknown batch outcome {o!r}; expected one of {sorted(BATCH_OUTCOMES)}")
+        with self._lock:
+            self._batch_outcomes.extend(outcomes)
+
+    def script_batch_lines(self, *behaviours: str) -> None:
+        """Queue behaviours for the next batch lines answered (input order); afterwards good."""
+        for b in behaviours:
+            _check(b)
+        with self._lock:
+            self._line_queue.extend(behaviours)
+
+    def run_batch_file(self, text: str, *, style: str = "vllm") -> str:
+        """The output file ``vllm run-batch`` (style vllm: completion under ``response``) or the
+        Batch API (style openai) would write for the input JSONL ``text``, in input order."""
+        out, errors = self._answer_lines(text, style)
+        return "".join(json.dumps(line) + "\n" for line in out + errors)
 
     @property
     def calls(self) -> int:
@@ -157,6 +199,125 @@ class FakeOpenAI:
     def _done(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    # --- Batch API ---------------------------------------------------------------------------
+    def _answer_lines(self, text: str, style: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(output lines, error lines) for the input JSONL ``text``, in input order."""
+        out: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for i, raw in enumerate(line for line in text.splitlines() if line.strip()):
+            item = json.loads(raw)
+            with self._lock:
+                behaviour = self._line_queue.popleft() if self._line_queue else "good"
+                self.batch_lines_run += 1
+            status, payload = _Capture.answer(self, behaviour, item["body"])
+            rid = f"batch_req_{zlib.crc32(raw.encode()):08x}_{i}"
+            if style == "vllm":
+                line = {"id": rid, "custom_id": item["custom_id"], "response": payload if status == 200 else None}
+                line["error"] = None if status == 200 else payload.get("error")
+                (out if status == 200 else errors).append(line)
+                continue
+            response = {"status_code": status, "request_id": f"req_{i}", "body": payload}
+            (out if status == 200 else errors).append(
+                {"id": rid, "custom_id": item["custom_id"], "response": response, "error": None}
+            )
+        return out, errors
+
+    def _new_file(self, data: bytes, purpose: str, filename: str) -> dict[str, Any]:
+        with self._lock:
+            fid = f"file-fake{len(self.files) + 1}"
+            self.files[fid] = data
+        return {
+            "id": fid,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
+
+    def _create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.batches_created += 1
+            bid = f"batch_fake{self.batches_created}"
+            outcome = self._batch_outcomes.popleft() if self._batch_outcomes else "completed"
+        text = self.files[body["input_file_id"]].decode()
+        total = sum(1 for line in text.splitlines() if line.strip())
+        batch = {
+            "id": bid,
+            "object": "batch",
+            "endpoint": body.get("endpoint", "/v1/chat/completions"),
+            "errors": None,
+            "input_file_id": body["input_file_id"],
+            "completion_window": body.get("completion_window", "24h"),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "request_counts": {"total": total, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata") or {},
+        }
+        with self._lock:
+            self.batches[bid] = {"batch": batch, "polls": 0, "outcome": outcome}
+        return batch
+
+    def _poll_batch(self, bid: str) -> dict[str, Any] | None:
+        entry = self.batches.get(bid)
+        if entry is None:
+            return None
+        batch = entry["batch"]
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            return batch
+        entry["polls"] += 1
+        if batch["status"] == "cancelling":
+            batch["status"] = "cancelled"
+            return batch
+        if entry["outcome"] == "failed":
+            batch["status"] = "failed"
+            batch["errors"] = {
+                "object": "list",
+                "data": [{"code": "invalid_request", "message": "fake: the batch failed", "param": None, "line": None}],
+            }
+            return batch
+        if entry["polls"] < self.batch_polls:
+            batch["status"] = "in_progress"
+            return batch
+        text = self.files[batch["input_file_id"]].decode()
+        lines = [line for line in text.splitlines() if line.strip()]
+        if entry["outcome"] == "expired":
+            lines = lines[: len(lines) // 2]
+        out, errors = self._answer_lines("\n".join(lines), "openai")
+        if self.batch_shuffle:
+            random.Random(bid).shuffle(out)
+        encoded = [json.dumps(line) for line in out] + ["{not json"] * self.batch_garbage_lines
+        if out or self.batch_garbage_lines:
+            batch["output_file_id"] = self._new_file(("\n".join(encoded) + "\n").encode(), "batch_output", "out")["id"]
+        if errors:
+            data = "".join(json.dumps(line) + "\n" for line in errors).encode()
+            batch["error_file_id"] = self._new_file(data, "batch_output", "errors")["id"]
+        batch["request_counts"] = {
+            "total": batch["request_counts"]["total"],
+            "completed": len(out),
+            "failed": len(errors),
+        }
+        batch["status"] = "expired" if entry["outcome"] == "expired" else "completed"
+        return batch
+
+
+BATCH_OUTCOMES = frozenset({"completed", "failed", "expired"})
+
+
+class _Capture:
+    """Runs the chat-completions logic for one batch line without a socket."""
+
+    @staticmethod
+    def answer(fake: FakeOpenAI, behaviour: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        handler = object.__new__(_CaptureHandler)
+        handler.headers = {}  # type: ignore[assignment]
+        handler.captured = (500, {"error": {"message": "no answer", "type": "server_error"}})
+        handler._respond(fake, behaviour if behaviour != "hang" else "good", body, delay=False)
+        return handler.captured
 
 
 def _check(behaviour: str) -> None:
@@ -250,6 +411,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server_state
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        if self.path.startswith(("/v1/files", "/v1/batches")):
+            self._batch_post(fake, raw)
+            return
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._error(404, f"Unknown path {self.path}", "invalid_request_error")
             return
@@ -264,8 +428,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             fake._done()
 
-    def _respond(self, fake: FakeOpenAI, behaviour: str, body: dict[str, Any]) -> None:
-        if fake.delay_ms:
+    def _respond(self, fake: FakeOpenAI, behaviour: str, body: dict[str, Any], delay: bool = True) -> None:
+        if fake.delay_ms and delay:
             time.sleep(fake.delay_ms / 1000)
         retry = {"retry-after-ms": f"{fake.retry_after_ms:g}"}
         n = int(body.get("n") or 1)
@@ -351,6 +515,63 @@ class _Handler(BaseHTTPRequestHandler):
             )
         self._send(200, _completion(body, choices, completion_tokens, fake.calls))
 
+    # --- Batch API routes ------------------------------------------------------------------------
+    def _batch_post(self, fake: FakeOpenAI, raw: bytes) -> None:
+        path = self.path.split("?")[0].rstrip("/")
+        if path == "/v1/files":
+            parser = email.parser.BytesParser(policy=email.policy.HTTP)
+            ctype = self.headers.get("Content-Type", "")
+            message = parser.parsebytes(f"Content-Type: {ctype}\r\n\r\n".encode() + raw)
+            fields: dict[str, tuple[bytes, str]] = {}
+            for part in message.iter_parts():  # type: ignore[attr-defined]
+                name = part.get_param("name", header="content-disposition")
+                fields[name] = (part.get_payload(decode=True) or b"", part.get_filename() or "")
+            if "file" not in fields or fields.get("purpose", (b"",))[0].decode() != "batch":
+                self._error(400, "fake server: upload a 'file' with purpose 'batch'", "invalid_request_error")
+                return
+            self._send(200, fake._new_file(fields["file"][0], "batch", fields["file"][1] or "input.jsonl"))
+            return
+        if path == "/v1/batches":
+            body = json.loads(raw or b"{}")
+            if body.get("input_file_id") not in fake.files:
+                self._error(404, f"No such file: {body.get('input_file_id')}", "invalid_request_error")
+                return
+            self._send(200, fake._create_batch(body))
+            return
+        if path.startswith("/v1/batches/") and path.endswith("/cancel"):
+            entry = fake.batches.get(path.split("/")[3])
+            if entry is None:
+                self._error(404, "No such batch", "invalid_request_error")
+                return
+            if entry["batch"]["status"] in ("validating", "in_progress", "finalizing"):
+                entry["batch"]["status"] = "cancelling"
+            self._send(200, entry["batch"])
+            return
+        self._error(404, f"Unknown path {self.path}", "invalid_request_error")
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        fake = self.server_state
+        path = self.path.split("?")[0].rstrip("/")
+        parts = path.split("/")
+        if path == "/v1/batches":
+            data = [e["batch"] for e in reversed(list(fake.batches.values()))]
+            self._send(200, {"object": "list", "data": data, "has_more": False})
+        elif len(parts) == 4 and parts[2] == "batches":
+            batch = fake._poll_batch(parts[3])
+            if batch is None:
+                self._error(404, f"No such batch: {parts[3]}", "invalid_request_error")
+            else:
+                self._send(200, batch)
+        elif len(parts) == 5 and parts[2] == "files" and parts[4] == "content" and parts[3] in fake.files:
+            data = fake.files[parts[3]]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            self._error(404, f"Unknown path {self.path}", "invalid_request_error")
+
     # --- written content (trust-layer tests: judge verdicts, ad rewrites) ----------------------
     def _respond_written(self, fake: FakeOpenAI, body: dict[str, Any], n: int) -> bool:
         """Answer with ``fake.writer``'s contents when it writes every choice; False to answer as usual."""
@@ -410,3 +631,12 @@ def _enum_completion(body: dict[str, Any], behaviour: str, n: int, calls: int) -
         for j in range(n)
     ]
     return _completion(body, choices, n * (len(content) // 4 + 1), calls)
+
+
+class _CaptureHandler(_Handler):
+    """A handler whose replies are kept in ``captured`` instead of written to a socket."""
+
+    captured: tuple[int, dict[str, Any]]
+
+    def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self.captured = (status, payload)

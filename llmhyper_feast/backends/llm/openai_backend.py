@@ -97,6 +97,26 @@ class OpenAIBackend(LLMBackend):
         self._clients[id(loop)] = (loop, client)
         return client
 
+    # --- Batch API support (jobs/batch.py) ---------------------------------------------------
+    def batch_body(self, request: ChatRequest, n: int, seed: int | None) -> dict[str, Any]:
+        """The chat-completions body an online call would send (a Batch API input line's body)."""
+        return self._body(request, n, seed)
+
+    def sync_client(self) -> Any:
+        """A blocking ``openai.OpenAI`` client with this backend's key, URL, timeout and retries."""
+        import openai
+
+        return openai.OpenAI(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            timeout=self.options.timeout_s,
+            max_retries=self.options.max_retries,
+        )
+
+    def backend_error(self, exc: BaseException) -> BackendError:
+        """The BackendError (secrets redacted, fix named) for an ``openai`` SDK error."""
+        return self._translate(exc)
+
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
         entry = self._clients.pop(id(loop), None)

@@ -1,7 +1,7 @@
 """User priors: throughput of the openai backend, the local backend's seconds per user, and the change in the
 warm per-ad models' AUC / NDCG when the features derived from the priors are added.
 
-Every part builds its own test-sized demo world (3000 users, seed 11) in a temporary folder.
+The parts share one test-sized demo world (3000 users, seed 11) built in a temporary folder, or ``--repo``.
 
 * ``throughput``: users per minute through the real openai client against the loopback fake server
   answering after ``--delay-ms`` (100) from the schema's enum, at concurrency 32 and 1 (no answer
@@ -9,8 +9,10 @@ Every part builds its own test-sized demo world (3000 users, seed 11) in a tempo
   prompt that is the same for every user (the longest common prefix of the rendered messages:
   what a server's prefix cache can reuse).
 * ``local``: seconds per user of the local backend (SmolLM2-135M, k=20) on ``--local-users`` users.
-* ``features``: ``llmhyper evaluate --llm none`` rows lr_warm (and the knn prior) before and after
-  ``user_priors.use_as_features`` (priors features, re-apply, retrain warm models).
+* ``features``: AUC, GAUC and NDCG@5/10 of lr_warm (per-ad regressions fitted on the train users' clicks on
+  the active ads, scored on the test users' impressions) with the registered user features, then again
+  after ``priors features`` + ``user_priors.use_as_features`` + apply (prior features added; the repo given
+  with ``--repo`` keeps them).
 
     python benchmarks/bench_user_priors.py [--parts throughput,local,features] [--users 128]
 """
@@ -115,24 +117,26 @@ def local(repo: Path, users: int) -> dict[str, Any]:
     }
 
 
-def features(repo: Path) -> dict[str, Any]:
-    def rows() -> dict[str, Any]:
-        table = jobs.evaluate(repo, load_settings(repo).with_overrides(**{"llm.name": "none"}), progress=False)
-        return {
-            r["model"]: {k: r[k] for k in ("auc", "ndcg@5", "ndcg@10") if k in r}
-            for r in table
-            if r["model"] in ("lr_warm", "knn_prior", "lr_cold")
-        }
+def features(repo: Path, n_boot: int) -> dict[str, Any]:
+    """lr_warm (per-ad regressions on the active ads' train users, scored on the test users' impressions)
+    with the registered user features, then with the prior features added through Feast."""
+    from llmhyper_feast.evaluation import evaluate as ev
+    from llmhyper_feast.jobs.train import read_impressions
 
-    before = rows()
+    def warm_row() -> dict[str, Any]:
+        store = fa.open_store(repo)
+        schema = fa.read_feature_schema(store)
+        data = ev.load_eval_data(repo, store, schema, read_impressions(repo))
+        row = ev.score_table(data, [ev.lr_warm_result(data, load_settings(repo))], n_boot=n_boot)[0]
+        return {"features": len(schema.names), **{k: round(row[k], 4) for k in ("auc", "gauc", "ndcg@5", "ndcg@10")}}
+
+    before = warm_row()
     written = write_prior_features(repo, load_settings(repo))
     config = yaml.safe_load((repo / "llmhyper.yaml").read_text()) or {}
     config.setdefault("user_priors", {})["use_as_features"] = True
     (repo / "llmhyper.yaml").write_text(yaml.safe_dump(config))
     fa.apply_repo(repo)
-    jobs.train_warm(repo, load_settings(repo), progress=False)
-    features_after = len(fa.read_feature_schema(fa.open_store(repo)).names)
-    return {"written": written, "features_after": features_after, "without": before, "with": rows()}
+    return {"written": written, "without": before, "with": warm_row()}
 
 
 def main() -> None:
@@ -141,11 +145,13 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=128)
     parser.add_argument("--delay-ms", type=float, default=100.0)
     parser.add_argument("--local-users", type=int, default=4)
+    parser.add_argument("--bootstrap", type=int, default=200)
+    parser.add_argument("--repo", type=Path, default=None, help="A built demo repo (default: build one).")
     args = parser.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        repo = build(Path(tmp))
+        repo = build(Path(tmp)) if args.repo is None else args.repo
         if "throughput" in parts:
             results["throughput"] = throughput(repo, args.users, args.delay_ms)
             print(json.dumps({"throughput": results["throughput"]}), flush=True)
@@ -153,7 +159,7 @@ def main() -> None:
             results["local"] = local(repo, args.local_users)
             print(json.dumps({"local": results["local"]}), flush=True)
         if "features" in parts:  # last: it changes the repo's feature schema
-            results["features"] = features(repo)
+            results["features"] = features(repo, args.bootstrap)
             print(json.dumps({"features": results["features"]}), flush=True)
 
 

@@ -201,4 +201,36 @@ def features(repo: Path, fmt: str) -> None:
         )
 
 
+@priors.command("evaluate-filter")
+@repo_option
+@click.option(
+    "--models",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An all-ads export (`llmhyper export --out DIR`).",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["frequent", "popularity", "cooccurrence", "stored"]),
+    default="frequent",
+    show_default=True,
+    help="Priors: a baseline fitted before the snapshot, or the stored user_llm_priors rows.",
+)
+@click.option("--snapshot", default=None, help="Split date (default: the newest event minus the window).")
+@click.option("--event", type=click.Choice(["conversion", "click"]), default="conversion", show_default=True)
+@format_option
+def evaluate_filter(repo: Path, model_dir: Path, source: str, snapshot: str | None, event: str, fmt: str) -> None:
+    """Recall@1/5/10 of the next converted ad and coverage: all ads versus candidates="priors" (restrict, boost)."""
+    from llmhyper_feast.jobs.priors import evaluate_priors_filter, format_filter_table
+
+    settings = _settings(repo, None, None, None, None)
+    with json_stdout(fmt == "json"):
+        result = evaluate_priors_filter(repo, model_dir, settings, source=source, snapshot=snapshot, event=event)
+    if fmt == "json":
+        emit_json(result)
+    else:
+        click.echo(format_filter_table(result))
+
+
 COMMANDS = (priors,)

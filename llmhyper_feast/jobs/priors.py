@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from llmhyper_feast.userpriors.generate import PriorsContext, RunReport
 
 __all__ = [
+    "FILTER_SOURCES",
+    "evaluate_priors_filter",
     "evaluate_user_priors",
     "generate_user_priors",
     "prior_features_view",
@@ -251,3 +253,141 @@ def read_user_priors(repo: str | Path, user_ids: list[str]) -> dict[str, list[An
     view = fa.user_priors_view(store).name
     columns = ["advertisers", "scores", "interests", "llm_model", "origin", "profile_hash", "generated_at"]
     return fa.get_online(store, [f"{view}:{c}" for c in columns], [{"user_id": u} for u in user_ids])
+
+
+FILTER_SOURCES = ("frequent", "popularity", "cooccurrence", "stored")
+FILTER_KS = (1, 5, 10)
+
+
+def filter_variants(settings: Settings) -> dict[str, Any]:
+    """The candidate policies ``evaluate_priors_filter`` compares: plain ranking, the configured policy, and
+    restrict/boost at two strengths (all with the configured number of predicted advertisers)."""
+    base = settings.user_priors.filter
+    variants: dict[str, Any] = {"all": None}
+    for name, update in (
+        ("restrict quota=1", {"mode": "restrict", "quota": 1.0}),
+        ("restrict quota=0.5", {"mode": "restrict", "quota": 0.5}),
+        ("boost 1", {"mode": "boost", "boost": 1.0}),
+        ("boost 4", {"mode": "boost", "boost": 4.0}),
+    ):
+        variants[name] = base.model_copy(update=update)
+    if base not in variants.values():  # the llmhyper.yaml policy, unless the grid has it already
+        variants[f"configured ({base.mode})"] = base
+    return variants
+
+
+def evaluate_priors_filter(
+    repo: str | Path,
+    model_dir: str | Path,
+    settings: Settings,
+    *,
+    source: str = "frequent",
+    snapshot: str | None = None,
+    event: str = "conversion",
+    ks: tuple[int, ...] = FILTER_KS,
+    max_users: int | None = None,
+) -> dict[str, Any]:
+    """Recall@k of each held-out user's next ``event`` ad and coverage (share of exported ads shown to at least
+    one user), ranking with every ad versus ``candidates="priors"`` under each of :func:`filter_variants`.
+
+    The priors are ``source``: a baseline fitted on the events up to the snapshot (default: the newest event
+    minus ``user_priors.window_days``), or ``stored`` (the user_llm_priors view's latest rows, which may have
+    seen later events). The label is the user's first ``event`` ad in the window after the snapshot; users are
+    the held-out split's (``user_priors.eval_share``), at most ``max_users`` (default ``eval_users``). Scores
+    come from the exported all-ads model (:meth:`Ranker.score_users`; content rules are not applied); the
+    selection is the ranker's own (:func:`~llmhyper_feast.userpriors.filter.select_columns`).
+    """
+    import numpy as np
+
+    from llmhyper_feast.evaluation.metrics import paired_bootstrap_ci
+    from llmhyper_feast.serving.ranker import Ranker
+    from llmhyper_feast.userpriors import history as hist
+    from llmhyper_feast.userpriors.baselines import BASELINES, rank_scores
+    from llmhyper_feast.userpriors.filter import PriorsIndex, coverage, first_event_ads, select_columns
+
+    if source not in FILTER_SOURCES:
+        raise ConfigError(f"Unknown priors source '{source}'; choose one of {list(FILTER_SOURCES)}.")
+    cfg = settings.user_priors
+    layout = RepoLayout.of(repo)
+    none = settings.with_overrides(**{"llm.name": "none"})
+    store, ctx, history = priors_context(layout.root, none, snapshot, back_days=cfg.window_days)
+    end = ctx.as_of + pd.Timedelta(days=cfg.window_days)
+    labels = first_event_ads(history, ctx.as_of, end, event)
+    users = sorted(u for u in labels if hist.is_heldout(u, cfg.eval_share, cfg.seed))
+    limit = max_users or cfg.eval_users
+    if len(users) > limit:
+        users = sorted(np.random.default_rng(cfg.seed).choice(users, size=limit, replace=False).tolist())
+    if len(users) < 2:
+        raise DataError(
+            f"Only {len(users)} held-out user(s) have a {event} between {ctx.as_of} and {end}: pick an earlier "
+            "snapshot or raise user_priors.eval_share."
+        )
+    if source in BASELINES:
+        lists = {u: ctx.baselines.rank(source, u, cfg.k) for u in users}
+        prior = {u: (a, rank_scores(len(a))) for u, a in lists.items()}
+    else:
+        fa.ensure_user_priors_sources(store)
+        rows = fa.read_latest(store, fa.user_priors_view(store).name)
+        prior = {str(r.user_id): (list(r.advertisers), [float(x) for x in r.scores]) for r in rows.itertuples()}
+    ranker = Ranker(layout.root, model_dir, unknown_user="population_mean", reload_interval=None)
+    ids = ranker.ad_ids
+    index = PriorsIndex.load(store, ids)
+    if index.reader is None:
+        raise FeatureRepoError(f"The priors filter cannot be measured: {index.problem}")
+    ctr = ranker.score_users(users)
+    column = {a: i for i, a in enumerate(ids)}
+    top = cfg.filter.advertisers
+    w = [index.weights_of(*prior.get(u, ([], [])), top) for u in users]
+    label_col = [column.get(labels[u], -1) for u in users]
+    result: dict[str, Any] = {
+        "snapshot": ctx.as_of.isoformat(),
+        "window_days": cfg.window_days,
+        "event": event,
+        "source": source,
+        "users": len(users),
+        "ads": len(ids),
+        "predicted_advertisers": top,
+        "users_with_prior": int(sum(x is not None for x in w)),
+        "label_in_export": round(float(np.mean([c >= 0 for c in label_col])), 4),
+        "label_advertiser_predicted": round(
+            float(np.mean([c >= 0 and x is not None and x[c] > 0 for c, x in zip(label_col, w)])), 4
+        ),
+        "variants": {},
+    }
+    zeros = np.zeros(len(users))
+    for name, policy in filter_variants(settings).items():
+        out: dict[str, Any] = {}
+        for k in ks:
+            shown = []
+            for i, x in enumerate(w):
+                if policy is None or x is None:
+                    shown.append(np.argsort(-ctr[i], kind="stable")[:k])
+                else:
+                    shown.append(select_columns(ctr[i], None, x, k, policy))
+            hits = np.array([float(c in s) for c, s in zip(label_col, shown)])
+            mean, lo, hi = paired_bootstrap_ci(hits, zeros, n_boot=cfg.bootstrap, seed=cfg.seed)
+            out[f"recall@{k}"] = {"mean": round(mean, 4), "lo": round(lo, 4), "hi": round(hi, 4)}
+            out[f"coverage@{k}"] = round(coverage(shown, len(ids)), 4)
+        result["variants"][name] = {"policy": None if policy is None else policy.model_dump(), **out}
+    return result
+
+
+def format_filter_table(result: dict[str, Any]) -> str:
+    """A plain-text table of :func:`evaluate_priors_filter`'s result."""
+    ks = sorted(int(key.split("@")[1]) for key in next(iter(result["variants"].values())) if key.startswith("recall@"))
+    head = f"{'candidates':<22}" + "".join(f"{'recall@' + str(k):>24}{'cov@' + str(k):>8}" for k in ks)
+    lines = [
+        f"snapshot {result['snapshot']}, next {result['event']} ad within {result['window_days']} days, "
+        f"{result['users']} held-out users, {result['ads']} ads; priors: {result['source']} (first "
+        f"{result['predicted_advertisers']} advertisers; label's advertiser among them for "
+        f"{result['label_advertiser_predicted']:.2f})",
+        head,
+    ]
+    for name, v in result["variants"].items():
+        cells = "".join(
+            f"{v[f'recall@{k}']['mean']:>8.3f} [{v[f'recall@{k}']['lo']:.3f}, {v[f'recall@{k}']['hi']:.3f}]"
+            f"{v[f'coverage@{k}']:>8.3f}"
+            for k in ks
+        )
+        lines.append(f"{name:<22}{cells}")
+    return "\n".join(lines)

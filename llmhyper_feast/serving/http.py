@@ -20,7 +20,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request  # at module level: FastAPI resolves the route's annotations here
@@ -61,6 +61,11 @@ class RankRequest(BaseModel):
         None, min_length=1, max_length=MAX_CANDIDATES, description="Candidate ad ids; null ranks every ad."
     )
     k: int = Field(10, ge=1, le=MAX_K, description="How many ads to return (all candidates if fewer).")
+    candidates: Literal["all", "priors"] = Field(
+        "all",
+        description="'priors': limit or boost the ads of the user's predicted advertisers (user_priors.filter in "
+        "llmhyper.yaml); users without stored priors are ranked as with 'all'.",
+    )
 
 
 class RankedItem(BaseModel):
@@ -81,6 +86,11 @@ class RankResponse(BaseModel):
     excluded: int = Field(0, description="Candidate ads dropped by the content rules (llmhyper_policy.yaml).")
     imputed_features: list[str] = Field(description="Features missing for the user, replaced by the population mean.")
     user_fallback: str | None = Field(description="'population_mean' when the user was unknown, else null.")
+    prior_filter: str | None = Field(
+        None,
+        description="Only with candidates 'priors': 'restrict' or 'boost' (the policy applied), or 'no_prior' (the "
+        "user has no stored priors: plain ranking).",
+    )
 
 
 def _clip(value: object) -> str:
@@ -102,7 +112,7 @@ def _validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": items,
         "detail": f"Invalid request body ({where}{more}). Expected a JSON object like {EXAMPLE} where user_id is "
         f"a string of 1-{MAX_ID_CHARS} chars, ads is null or a list of 1-{MAX_CANDIDATES} ad ids and k is a JSON "
-        f"integer in [1, {MAX_K}]; no other keys.",
+        f'integer in [1, {MAX_K}], candidates is "all" (default) or "priors"; no other keys.',
     }
 
 
@@ -141,6 +151,8 @@ def _encode(res: RankResult) -> bytes:
         "imputed_features": list(res.imputed),
         "user_fallback": res.user_fallback,
     }
+    if res.prior_filter is not None:
+        doc["prior_filter"] = res.prior_filter
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -209,7 +221,7 @@ def create_app(ranker: Ranker, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastA
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             return JSONResponse(_validation_body([{**e, "loc": ("body", *e["loc"])} for e in errors]), 422)
-        res = ranker.rank(body.user_id, body.ads, body.k)
+        res = ranker.rank(body.user_id, body.ads, body.k, candidates=body.candidates)
         return Response(_encode(res), media_type="application/json")
 
     @app.get("/health", responses={503: {"description": "The online store is unusable"}})
@@ -280,7 +292,7 @@ async def _rank_asgi(ranker: Ranker, max_body: int, scope: Any, receive: Any, se
         await _send(send, 422, _dumps(_validation_body([{**e, "loc": ("body", *e["loc"])} for e in errors])))
         return
     try:
-        res = ranker.rank(body.user_id, body.ads, body.k)
+        res = ranker.rank(body.user_id, body.ads, body.k, candidates=body.candidates)
     except LLMHyperError as exc:
         await _send(send, exc.http_status, _dumps(_error_body(exc)))
         return

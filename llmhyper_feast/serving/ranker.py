@@ -91,6 +91,7 @@ class RankResult(Sequence[RankedAd]):
     user_fallback: str | None = None  # "population_mean" when the user was unknown
     candidates: int = 0  # ads that were scored (allowed by the content rules)
     excluded: int = 0  # candidate ads the content rules dropped for this user
+    prior_filter: str | None = None  # candidates="priors": "restrict"/"boost" applied, or "no_prior" (plain ranking)
 
     def __getitem__(self, i):
         return self.items[i]
@@ -117,6 +118,7 @@ class _Model:
     loaded_at: float
     reader: SqliteUserReader | None = None  # None: the Feast SDK reads the user's features
     masked: bool = False  # the all-ads model outputs ``excluded`` (content rules)
+    priors: Any = None  # userpriors.filter.PriorsIndex: each ad's advertiser, for candidates="priors"
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
@@ -267,6 +269,7 @@ class Ranker:
             loaded_at=time.time(),
             reader=reader,
             masked="excluded" in {o.name for o in session.get_outputs()},
+            priors=self._load_priors(tuple(entry.ad_ids)),
         )
 
     def reload(self) -> bool:
@@ -318,6 +321,10 @@ class Ranker:
         if reader is not None:
             reader.store = self.store
             reader.reopen()
+        priors = self._model.priors
+        if priors is not None and priors.reader is not None:
+            priors.reader.store = self.store
+            priors.reader.reopen()
 
     def store_error(self) -> str | None:
         """Why the online store cannot serve the loaded model's user features (None when it can)."""
@@ -438,10 +445,18 @@ class Ranker:
         self._check_users(user_ids, found)
         return m.session.run(["ctr"], {INPUT_NAME: x})[0]
 
-    def rank(self, user_id: str, ads: Sequence[str] | None = None, k: int = 10) -> RankResult:
-        """Top ``k`` of ``ads`` (default: every exported ad) for ``user_id``, best first; ties keep column order."""
+    def rank(
+        self, user_id: str, ads: Sequence[str] | None = None, k: int = 10, *, candidates: str = "all"
+    ) -> RankResult:
+        """Top ``k`` of ``ads`` (default: every exported ad) for ``user_id``, best first; ties keep column order.
+
+        ``candidates="priors"`` limits or boosts the ads of the user's predicted advertisers (the online
+        user priors view) under ``user_priors.filter``; see :mod:`llmhyper_feast.userpriors.filter`.
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"The 'k' parameter of Ranker.rank must be an int >= 1. Got {k!r} instead.")
+        if candidates != "all":
+            self._check_candidates(candidates)
         if not isinstance(user_id, str) or not user_id:
             raise InputError(f"The 'user_id' parameter of Ranker.rank must be a non-empty str. Got {user_id!r}.")
         self._maybe_reload()
@@ -477,8 +492,12 @@ class Ranker:
         else:
             ctr = m.session.run(["ctr"], {INPUT_NAME: x})[0][0]
         cand = ctr if idx is None else ctr[idx]
-        top = np.argsort(-cand, kind="stable")[:k]
-        cols = top if idx is None else idx[top]
+        prior_filter = None
+        if candidates == "all":
+            top = np.argsort(-cand, kind="stable")[:k]
+            cols = top if idx is None else idx[top]
+        else:
+            cols, prior_filter = self._prior_columns(m, user_id, ctr, idx, k)
         items = tuple(RankedAd(m.ids[c], float(ctr[c]), m.sources[c]) for c in cols)
         return RankResult(
             user_id,
@@ -489,4 +508,55 @@ class Ranker:
             None if found[0] else "population_mean",
             len(cand),
             dropped,
+            prior_filter,
         )
+
+    # --- candidates="priors" (user priors as a candidate filter) --------------------------------
+
+    def _load_priors(self, ad_ids: tuple[str, ...]) -> Any:
+        """The export's ad -> advertiser index and the priors reader (a PriorsIndex saying why when unusable)."""
+        from llmhyper_feast.userpriors.filter import PriorsIndex
+
+        try:
+            return PriorsIndex.load(self.store, ad_ids, direct=self.online_lookup != "feast")
+        except Exception as exc:  # the plain ranking must load and serve whatever the priors views hold
+            logger.warning("candidates='priors' unavailable for this export: %s", exc)
+            return PriorsIndex(np.full(len(ad_ids), -1, np.int32), {}, None, f"{type(exc).__name__}: {exc}")
+
+    @property
+    def filter_settings(self) -> Any:
+        """``user_priors.filter`` of the repo (llmhyper.yaml and environment), read once."""
+        settings = getattr(self, "_filter_settings", None)
+        if settings is None:
+            from llmhyper_feast.config import load_settings
+
+            settings = self._filter_settings = load_settings(self.repo).user_priors.filter
+        return settings
+
+    @filter_settings.setter
+    def filter_settings(self, value: Any) -> None:
+        self._filter_settings = value
+
+    @staticmethod
+    def _check_candidates(candidates: Any) -> None:
+        from llmhyper_feast.userpriors.filter import CANDIDATE_MODES
+
+        if candidates not in CANDIDATE_MODES:
+            raise InputError(
+                f"The 'candidates' parameter of Ranker.rank must be one of {list(CANDIDATE_MODES)}. "
+                f"Got {str(candidates)[:100]!r} instead."
+            )
+
+    def _prior_columns(
+        self, m: _Model, user_id: str, ctr: np.ndarray, idx: np.ndarray | None, k: int
+    ) -> tuple[np.ndarray, str]:
+        """(top ``k`` columns under the priors policy, "restrict"/"boost", or "no_prior" for plain ranking)."""
+        from llmhyper_feast.userpriors.filter import select_columns
+
+        policy = self.filter_settings
+        weight = m.priors.weights(user_id, policy.advertisers)
+        if weight is None:
+            cand = ctr if idx is None else ctr[idx]
+            top = np.argsort(-cand, kind="stable")[:k]
+            return (top if idx is None else idx[top]), "no_prior"
+        return select_columns(ctr, idx, weight, k, policy), policy.mode

@@ -251,3 +251,55 @@ def test_category_shares_sum_the_list_scores_per_category() -> None:
     shares = category_shares(["a3", "a1", "a4"], [1.0, 0.5, 0.5], ADVERTISERS, ["pets", "fitness", "travel"])
     assert shares == [0.75, 0.25, 0.0]
     assert category_shares([], [], ADVERTISERS, ["pets"]) == [0.0]
+
+
+# --- candidates="priors": the selection the ranker and the filter measurement share ------------------
+
+
+def policy(mode: str, **kw: float):
+    from llmhyper_feast.config import PriorsFilterConfig
+
+    return PriorsFilterConfig(mode=mode, **kw)
+
+
+def test_restrict_reserves_the_quota_for_predicted_advertisers_then_backfills() -> None:
+    from llmhyper_feast.userpriors.filter import select_columns
+
+    ctr = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], np.float32)
+    weight = np.array([0, 0, 0, 1.0, 0, 0.5], np.float32)  # columns 3 and 5 are the predicted advertisers' ads
+    # quota 1: both predicted ads, then the best other one; ordered by ctr
+    assert select_columns(ctr, None, weight, 3, policy("restrict", quota=1.0)).tolist() == [0, 3, 5]
+    # quota 0.5 of k=2: one reserved slot (the better predicted ad), one for the best of the rest
+    assert select_columns(ctr, None, weight, 2, policy("restrict", quota=0.5)).tolist() == [0, 3]
+    # quota 0 is plain ranking
+    assert select_columns(ctr, None, weight, 3, policy("restrict", quota=0.0)).tolist() == [0, 1, 2]
+    # k larger than the candidates: every candidate, by ctr
+    assert select_columns(ctr, None, weight, 10, policy("restrict")).tolist() == [0, 1, 2, 3, 4, 5]
+    # only allowed columns (content rules, an ads list) are chosen
+    idx = np.array([1, 2, 5])
+    assert select_columns(ctr, idx, weight, 2, policy("restrict")).tolist() == [1, 5]
+
+
+def test_boost_multiplies_ctr_by_the_advertisers_prior_score() -> None:
+    from llmhyper_feast.userpriors.filter import select_columns
+
+    ctr = np.array([0.30, 0.20, 0.12, 0.10], np.float32)
+    weight = np.array([0, 1.0, 0, 0.5], np.float32)
+    # boosted: 0.30, 0.40, 0.12, 0.15
+    assert select_columns(ctr, None, weight, 4, policy("boost", boost=1.0)).tolist() == [1, 0, 3, 2]
+    assert select_columns(ctr, None, weight, 4, policy("boost", boost=0.0)).tolist() == [0, 1, 2, 3]
+    assert select_columns(ctr, None, weight, 2, policy("boost", boost=5.0)).tolist() == [1, 3]  # 1.2, 0.35 > 0.3
+
+
+def test_prior_weights_map_the_first_advertisers_to_their_ads_and_coverage_counts_distinct_ads() -> None:
+    from llmhyper_feast.userpriors.filter import PriorsIndex, coverage, first_event_ads
+
+    index = PriorsIndex(np.array([0, 1, -1, 0, 2], np.int32), {"a1": 0, "a2": 1, "a3": 2}, None)
+    w = index.weights_of(["a2", "zz", "a1", "a3"], [1.0, 0.75, 0.5, 0.25], top=3)
+    assert w is not None and w.tolist() == [0.5, 1.0, 0.0, 0.5, 0.0]  # a3 is 4th: not predicted; -1: unknown
+    assert index.weights_of([], [], top=3) is None
+    assert coverage([[0, 1], [1, 4]], 5) == 0.6
+    history = events([("u1", "a1", "conversion", 1), ("u1", "a2", "conversion", 3), ("u2", "a2", "click", 2)])
+    history["ad_id"] = history["advertiser_id"] + "_ad"
+    assert first_event_ads(history, T0, T0 + pd.Timedelta(days=5)) == {"u1": "a1_ad"}
+    assert first_event_ads(history, T0, T0 + pd.Timedelta(days=5), "click") == {"u2": "a2_ad"}

@@ -258,12 +258,33 @@ def _read_error(store: FeatureStore, fv: Any, exc: BaseException) -> DataError:
     )
 
 
+def _holds_no_rows(store: FeatureStore, fv: Any, path: Path) -> bool:
+    """Whether ``fv``'s local parquet holds no rows while a store other than Feast's file store reads it.
+
+    Feast's Ray offline store fails on an empty dataset (it asks an empty dataset for its schema),
+    so an empty source is known to be empty from its footer (row count only, no rows are read).
+    """
+    import pyarrow.parquet as pq
+
+    from llmhyper_feast.store import offline
+
+    if offline.read_by_file_store(store, fv.batch_source):
+        return False
+    try:
+        return pq.read_metadata(path).num_rows == 0
+    except Exception:  # an unreadable file: the store's read reports it
+        return False
+
+
 def _read_view(store: FeatureStore, fv: Any, *, latest: bool, features: list[str] | None = None) -> pd.DataFrame | None:
-    """Rows of ``fv`` read through Feast's offline store (store/offline.py); None when its local file is absent."""
+    """Rows of ``fv`` read through Feast's offline store (store/offline.py); None when its local file is absent.
+
+    None too when that file holds no rows and a store other than Feast's file store reads it.
+    """
     from llmhyper_feast.store import offline
 
     path = _local_path(store, fv)
-    if path is not None and not path.exists():
+    if path is not None and (not path.exists() or _holds_no_rows(store, fv, path)):
         return None
     keys, declared, _, created = offline.view_columns(fv)
     needed = [
@@ -745,11 +766,25 @@ def finish_pending_writes(store: FeatureStore) -> dict[str, int]:
 
 
 def materialize_sources(store: FeatureStore, views: list[str]) -> None:
-    """Copy the latest offline rows of ``views`` into the online store."""
+    """Copy the latest offline rows of ``views`` into the online store.
+
+    Feast's ``materialize`` copies the views the repo's offline store reads; a parquet view that
+    Feast's file store reads for it (weights under e.g. a PostgreSQL offline store) is copied
+    from :func:`read_latest` with ``write_to_online_store``.
+    """
     from datetime import datetime, timedelta
 
-    end = datetime.now(UTC) + timedelta(minutes=1)
-    store.materialize(start_date=end - timedelta(days=3650), end_date=end, feature_views=views)
+    from llmhyper_feast.store import offline
+
+    routed = [v for v in views if offline.routed_to_file_store(store, store.get_feature_view(v).batch_source)]
+    native = [v for v in views if v not in routed]
+    if native:
+        end = datetime.now(UTC) + timedelta(minutes=1)
+        store.materialize(start_date=end - timedelta(days=3650), end_date=end, feature_views=native)
+    for view in routed:
+        latest = read_latest(store, view)
+        if len(latest):
+            store.write_to_online_store(view, latest.reset_index(drop=True))
 
 
 def get_online(store: FeatureStore, features: list[str], entity_rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -805,12 +840,28 @@ def _unusable_reason(exc: BaseException) -> str | None:
         if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_CANTOPEN"):
             return f"{exc} ({name})"
         return None
+    postgres = _postgres_reason(exc)
+    if postgres is not None:
+        return postgres
     try:
         from redis import exceptions as redis_errors
     except ImportError:
         return None
     if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError)):
         return f"Redis is unreachable: {exc}"
+    return None
+
+
+def _postgres_reason(exc: BaseException) -> str | None:
+    """Why a psycopg error means a PostgreSQL online store is unusable (None for any other error)."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return f"a table is missing: {str(exc).strip().splitlines()[0]}"
+    if isinstance(exc, psycopg.OperationalError):  # connection refused, lost, timed out, bad credentials
+        return f"PostgreSQL is unreachable: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}"
     return None
 
 
@@ -824,11 +875,21 @@ def store_unavailable_error(exc: BaseException, store: FeatureStore) -> StoreUna
     if reason is None:
         return None
     root = Path(store.repo_path).resolve()
-    where = online_store_path(store) or type(store.config.online_store).__name__
+    config = store.config.online_store
+    where = online_store_path(store) or (
+        f"postgres {config.host}:{config.port}/{config.database}"
+        if reason.startswith("PostgreSQL")
+        else type(config).__name__
+    )
     if reason.startswith("Redis"):
         fix = (
             f"make Redis reachable (online_store.connection_string in {root / 'feature_store.yaml'}), then run "
             f"`llmhyper repair --repo {root}` if its data was lost"
+        )
+    elif reason.startswith("PostgreSQL"):
+        fix = (
+            f"make PostgreSQL reachable (online_store host, port, database, user in {root / 'feature_store.yaml'}), "
+            f"then run `llmhyper repair --repo {root}` if its data was lost"
         )
     else:
         fix = f"run `llmhyper repair --repo {root}` to recreate its tables and reload them from the offline store"

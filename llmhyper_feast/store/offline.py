@@ -75,6 +75,21 @@ def _reader(store: FeatureStore, source: Any) -> tuple[Any, Any]:
     return DaskOfflineStore(), routed
 
 
+def read_by_file_store(store: FeatureStore, source: Any) -> bool:
+    """Whether Feast's file (dask) offline store reads ``source`` (the repo's store, or routed to it)."""
+    from feast.infra.offline_stores.dask import DaskOfflineStore
+
+    return isinstance(_reader(store, source)[0], DaskOfflineStore)
+
+
+def routed_to_file_store(store: FeatureStore, source: Any) -> bool:
+    """Whether ``source`` is a parquet FileSource that Feast's file store reads for a repo with another store.
+
+    Feast's own ``materialize`` would hand it to the repo's offline store, which cannot read it.
+    """
+    return _reader(store, source)[0] is not offline_store(store)
+
+
 def offline_store_name(store: FeatureStore) -> str:
     """The offline store type as ``feature_store.yaml`` would name it (e.g. ``file``, ``postgres``)."""
     config = store.config.offline_store

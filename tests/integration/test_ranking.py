@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support.services import redis_server
 
 from exporters import INPUT_NAME, export_models, read_manifest
 from llmhyper_feast import jobs
@@ -370,48 +369,13 @@ def test_cli_export_and_rank(served: tuple[Path, Path], world, tmp_path: Path) -
     assert isinstance(res.exception, UnknownUserError)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.redis
 def test_redis_online_store_gives_the_same_scores(
     served: tuple[Path, Path], ranker: Ranker, world, tmp_path: Path
 ) -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not on PATH (install it, e.g. `apt-get install redis-server`, to run this test)")
     repo, models = served
     users, _, _, _ = world
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+    with redis_server(tmp_path) as port:
         dest = tmp_path / "redis_repo"
         shutil.copytree(repo, dest, ignore=shutil.ignore_patterns("__pycache__"))
         (dest / "data" / "registry.db").unlink()
@@ -430,6 +394,3 @@ def test_redis_online_store_gives_the_same_scores(
         assert list(on_redis.rank(sample[0], k=10)) == list(ranker.rank(sample[0], k=10))
         with pytest.raises(UnknownUserError):
             on_redis.rank("no_such_user")
-    finally:
-        proc.terminate()
-        proc.wait(10)

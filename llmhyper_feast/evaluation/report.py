@@ -334,14 +334,41 @@ def _robustness(rob: dict[str, Any]) -> str:
     return f"<table>{head}{''.join(body)}</table>{note}"
 
 
+def _user_priors(res: dict[str, Any]) -> str:
+    """Recall@K of the next advertiser per method (``llmhyper priors evaluate``), with bootstrap CIs."""
+    ks = sorted({int(key.split("@")[1]) for m in res.get("methods", {}).values() for key in m if "@" in key})
+    head = "<tr><th>method</th>" + "".join(f"<th>recall@{k} [95% CI]</th>" for k in ks) + "</tr>"
+    body = []
+    for method, m in res.get("methods", {}).items():
+        cells = "".join(
+            f"<td>{_num(m.get(f'recall@{k}', {}).get('mean'), 3)} [{_num(m.get(f'recall@{k}', {}).get('lo'), 3)}, "
+            f"{_num(m.get(f'recall@{k}', {}).get('hi'), 3)}]</td>"
+            for k in ks
+        )
+        body.append(f"<tr><td>{_e(method)}</td>{cells}</tr>")
+    sources = "; ".join(
+        f"{key}: {_e(res[key].get('source', '?'))}"
+        for key in ("llm", "llm_compare")
+        if key in res.get("methods", {}) and res.get(key, {}).get("source")
+    )
+    note = (
+        f"<p>Snapshot {_e(res.get('snapshot', '?'))}, labels from the next {_e(res.get('window_days', '?'))} days, "
+        f"{_e(res.get('users', '?'))} held-out users (label in the candidate pool "
+        f"{_num(res.get('label_in_pool'), 2)}, advertiser seen before {_num(res.get('label_seen_before'), 2)}). "
+        f"{sources or 'No LLM row: the baselines only.'}</p>"
+    )
+    return f"<table>{head}{''.join(body)}</table>{note}"
+
+
 def build_html(
     ev: dict[str, Any],
     bt: dict[str, Any] | None,
     truth: pd.DataFrame | None,
     generated: str | None = None,
     robustness: dict[str, Any] | None = None,
+    user_priors: dict[str, Any] | None = None,
 ) -> str:
-    """The report page for loaded evaluation results (``bt``/``truth``/``robustness`` may be None)."""
+    """The report page for loaded evaluation results (``bt``/``truth``/``robustness``/``user_priors`` may be None)."""
     generated = generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     rows = ev["rows"]
     parts = [
@@ -356,6 +383,8 @@ def build_html(
         parts.append("<h2>Backtest on warm ads</h2>" + _backtest(bt, ev.get("feature_hash")))
     if robustness is not None:
         parts.append("<h2>Counterfactual robustness</h2>" + _robustness(robustness))
+    if user_priors is not None:
+        parts.append("<h2>User priors: next advertiser</h2>" + _user_priors(user_priors))
     parts.append("<h2>Serving latency</h2>" + _latency_plot(rows))
     title = f"LLM-HYPER report: {ev.get('llm_model', '')}"
     return (
@@ -369,7 +398,9 @@ def write_report(repo: str | Path, out_path: str | Path | None = None) -> Path:
     ev, bt, truth = load_inputs(repo)
     layout = RepoLayout(Path(repo))
     rob = _load_json(layout.robustness, "robustness results") if layout.robustness.exists() else None
+    priors_path = layout.user_priors_evaluation
+    priors = _load_json(priors_path, "user priors evaluation") if priors_path.exists() else None
     out = Path(out_path) if out_path is not None else layout.report
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, build_html(ev, bt, truth, robustness=rob))
+    atomic_write_text(out, build_html(ev, bt, truth, robustness=rob, user_priors=priors))
     return out

@@ -159,3 +159,21 @@ def test_report_shows_the_robustness_figures_when_a_check_ran(evaluated_repo: Pa
     assert "<h2>Counterfactual robustness</h2>" in page
     for variant, s in result["by_variant"].items():
         assert f"<tr><td>{variant}</td><td>{s['n']}</td><td>{s['correct']}</td>" in page
+
+
+def test_report_shows_the_user_priors_recall_when_evaluated(evaluated_repo: Path, tmp_path: Path) -> None:
+    from llmhyper_feast.jobs.priors import evaluate_user_priors
+    from tests.support.repos import clone_repo
+
+    repo = clone_repo(evaluated_repo, tmp_path / "repo")
+    assert "User priors" not in write_report(repo).read_text(encoding="utf-8")
+    settings = load_settings(repo).with_overrides(
+        **{"llm.name": "none", "user_priors.eval_users": 30, "user_priors.bootstrap": 50}
+    )
+    result = evaluate_user_priors(repo, settings, progress=False)
+    page = write_report(repo).read_text(encoding="utf-8")
+    assert "<h2>User priors: next advertiser</h2>" in page
+    for method, m in result["methods"].items():
+        r1 = m["recall@1"]
+        assert f"<tr><td>{method}</td><td>{r1['mean']:.3f} [{r1['lo']:.3f}, {r1['hi']:.3f}]</td>" in page
+    assert f"{result['users']} held-out users" in page and "No LLM row" in page

@@ -8,6 +8,7 @@ Every lookup raises :class:`~llmhyper_feast.errors.StoreUnavailableError` (one l
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
 import urllib.parse
 from collections.abc import Sequence
@@ -94,6 +95,8 @@ def check_online(store: FeatureStore, refs: Sequence[str], join_key: str) -> Non
 # --- the ranking service's per-request lookup: one prepared SQLite query per user -------------
 
 _NUMERIC_VALUES = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
+_FLOAT_VAL_TAG = (6 << 3) | 5  # ValueProto field 6 (float_val), wire type 5 (fixed 32-bit)
+_FLOAT32 = struct.Struct("<f")
 
 
 class SqliteUserReader:
@@ -105,7 +108,7 @@ class SqliteUserReader:
     Feast returns as null (no row, or a row without a value) is NaN. Nothing is cached, so a
     re-materialized row is seen by the next call. Build it with :meth:`for_store` (None when the
     online store is not SQLite: use the Feast SDK there); :meth:`reopen` drops the connections
-    (the SQLite file was replaced).
+    (the SQLite file was replaced). :meth:`read_into` fills a caller's buffer (the serving hot path).
     """
 
     def __init__(self, store: FeatureStore, layout: dict[str, Any], refs: Sequence[str]) -> None:
@@ -115,7 +118,10 @@ class SqliteUserReader:
         self._entity_key = layout["entity_key"]
         self._parse = layout["value"].FromString
         views = list(dict.fromkeys(r.split(":", 1)[0] for r in refs))
-        self._column = {(views.index(v), f): j for j, (v, f) in enumerate(r.split(":", 1) for r in refs)}
+        # per view (the query's first column): feature name -> output position
+        self._columns: tuple[dict[str, int], ...] = tuple({} for _ in views)
+        for j, (v, f) in enumerate(r.split(":", 1) for r in refs):
+            self._columns[views.index(v)][f] = j
         self.n = len(refs)
         self.sql = " UNION ALL ".join(
             f'SELECT {i}, feature_name, value FROM "{layout["tables"][v].replace(chr(34), chr(34) * 2)}" '
@@ -145,7 +151,13 @@ class SqliteUserReader:
 
     def read(self, user_id: str) -> np.ndarray:
         """float32 [n] in ``refs`` order, NaN where Feast has no value; StoreUnavailableError when unusable."""
-        out = np.full(self.n, np.nan, np.float32)
+        return self.read_into(user_id, np.empty(self.n, np.float32))
+
+    def read_into(self, user_id: str, out: np.ndarray) -> np.ndarray:
+        """:meth:`read` into ``out`` (a writable float32 [n] array, e.g. a row of a reused buffer); returns ``out``.
+
+        ``out`` is only written once the rows are read: a failed read leaves it as it was.
+        """
         try:
             key = self._entity_key(user_id)
         except UnicodeEncodeError:
@@ -161,12 +173,18 @@ class SqliteUserReader:
             if error is None:
                 raise
             raise error from exc
-        column, parse = self._column, self._parse
+        out.fill(np.nan)
+        columns, unpack = self._columns, _FLOAT32.unpack_from
         for view, name, blob in rows:
-            j = column.get((view, name))
+            j = columns[view].get(name)
             if j is None:
                 continue
-            value = parse(blob)
+            # Feast writes a Float32 feature as a ValueProto holding float_val only: tag byte + 4 bytes, the
+            # same float32 the proto parse yields; any other encoding takes the full parse below
+            if len(blob) == 5 and blob[0] == _FLOAT_VAL_TAG:
+                out[j] = unpack(blob, 1)[0]
+                continue
+            value = self._parse(blob)
             kind = value.WhichOneof("val")
             if kind in _NUMERIC_VALUES:
                 out[j] = getattr(value, kind)
@@ -176,7 +194,7 @@ class SqliteUserReader:
         """float32 [U, n]: :meth:`read` for each user."""
         out = np.empty((len(user_ids), self.n), np.float32)
         for i, u in enumerate(user_ids):
-            out[i] = self.read(u)
+            self.read_into(u, out[i])
         return out
 
     def check(self) -> None:

@@ -688,7 +688,7 @@ def write_view(store: FeatureStore, view_name: str, df: pd.DataFrame, *, online:
             raise
         if online:
             _test_kill_point("between-writes")
-            store.write_to_online_store(view_name, df)
+            write_online(store, fv, df)
             _test_kill_point("after-online")
             journal.clear(layout, view_name)
 
@@ -723,6 +723,56 @@ def _write_offline_through_feast(store: FeatureStore, fv: Any, df: pd.DataFrame)
         ) from exc
 
 
+RAY_BATCH_ENGINE = "ray.engine"
+
+
+def batch_engine_type(store: FeatureStore) -> str:
+    """The ``batch_engine`` type ``feature_store.yaml`` names (``local`` when it names none)."""
+    raw = store.config.batch_engine_config
+    if isinstance(raw, dict):
+        return str(raw.get("type") or "local")
+    return str(raw or "local")
+
+
+def write_online(store: FeatureStore, fv: Any, df: pd.DataFrame, *, newest: Any = None) -> None:
+    """Put rows already stored offline into the online store.
+
+    Under ``batch_engine: ray.engine`` Feast's engine does it: ``materialize`` over the rows'
+    event-time window (oldest row of ``df`` to ``newest``, default the newest row of ``df``),
+    reading the view's offline source. Each write carries a timestamp newer than every earlier
+    row (``weights.next_timestamp``), so the window holds exactly these rows. Otherwise (and for a
+    parquet view the repo's offline store cannot read) ``write_to_online_store`` writes ``df``.
+    An engine failure raises UnavailableError; the caller's journal entry stays for the next run.
+    """
+    import contextlib
+    from datetime import timedelta
+
+    from llmhyper_feast.store import offline
+
+    engine = batch_engine_type(store)
+    if engine != RAY_BATCH_ENGINE or offline.routed_to_file_store(store, fv.batch_source):
+        store.write_to_online_store(fv.name, df)
+        return
+    stamps = pd.to_datetime(df["event_timestamp"], utc=True)
+    start = stamps.min().to_pydatetime()
+    last = stamps.max() if newest is None else max(stamps.max(), pd.to_datetime(newest, utc=True))
+    end = last.to_pydatetime() + timedelta(microseconds=1)  # one tick past the newest row, in any end convention
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Feast prints a banner per view; stdout is the CLI's JSON
+            store.materialize(start_date=start, end_date=end, feature_views=[fv.name])
+    except Exception as exc:  # Ray's and the stores' own error types
+        from llmhyper_feast.errors import UnavailableError
+
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        root = Path(store.repo_path).resolve()
+        raise UnavailableError(
+            f"Feast's batch engine '{engine}' failed moving {len(df)} row(s) of '{fv.name}' online ({reason}); "
+            f"they are stored offline and journaled: fix batch_engine (ray_address, ray_conf) in "
+            f"{root / 'feature_store.yaml'} or remove it, then re-run `llmhyper materialize --repo {root}`, which "
+            "finishes the write."
+        ) from exc
+
+
 def finish_pending_writes(store: FeatureStore) -> dict[str, int]:
     """Finish writes a killed run left half done: their rows' latest offline values go online.
 
@@ -748,13 +798,14 @@ def finish_pending_writes(store: FeatureStore) -> dict[str, int]:
                 continue
             latest = read_latest(store, view)
             wanted = set(entry.entities)
+            newest = latest["event_timestamp"].max() if len(latest) else None
             if len(latest):
                 keys = list(entry.join_keys)
                 mask = [tuple(str(v) for v in row) in wanted for row in latest[keys].itertuples(index=False)]
                 latest = latest[mask]
             if len(latest):
                 columns = [*fv.join_keys, *(f.name for f in fv.features), "event_timestamp"]
-                store.write_to_online_store(view, latest[columns].reset_index(drop=True))
+                write_online(store, fv, latest[columns].reset_index(drop=True), newest=newest)
             journal.clear(layout, view)
             done[view] = len(latest)
             _log.warning(

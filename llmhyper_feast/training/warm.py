@@ -141,8 +141,14 @@ _GROUPS_PER_WORKER = 4  # several groups per worker, so a slow group does not id
 
 def _fit_group(context: tuple[np.ndarray, float], group: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, _FIT]:
     """Fit each ad of ``group``: (ad id, rows of the shared user matrix, clicks) -> fit_ad's result."""
+    from threadpoolctl import threadpool_limits
+
     users, l2_c = context
-    return {ad_id: fit_ad(users[rows], y, l2_c) for ad_id, rows, y in group}
+    # one BLAS thread per fit: a 20-feature regression is far too small to split, and letting BLAS
+    # spread each one over every core made the local engine 3-4x slower on a busy machine
+    # (bench_ray_training.py); Ray workers run single-threaded already
+    with threadpool_limits(limits=1):
+        return {ad_id: fit_ad(users[rows], y, l2_c) for ad_id, rows, y in group}
 
 
 def _fit_all(

@@ -136,6 +136,7 @@ def test_handoff_trains_cold_ads_with_enough_impressions(repo: Path) -> None:
     assert got.meta[0]["decision"] == "no gate"
 
 
+@pytest.mark.slow  # CLI subprocesses that load the local LLM and CLIP: ~3 minutes on a busy 2-core machine
 def test_json_stdout_holds_only_the_document_even_when_models_load(repo: Path, tmp_path: Path) -> None:
     """A real process: the embedder loads (its bars and logs must not reach stdout), then one JSON document."""
     import os

@@ -101,6 +101,8 @@ def requested_titles(requests_log: Path) -> list[str]:
     return out
 
 
+# two CLI generations with a kill between (~2 minutes); the write-point kills of tests/reliability stay default
+@pytest.mark.slow
 def test_sigkill_mid_generation_leaves_feast_untouched_and_resume_finishes(demo_copy: Path, tmp_path: Path) -> None:
     repo = demo_copy
     store = fa.open_store(repo)

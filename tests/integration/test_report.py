@@ -146,6 +146,7 @@ def test_report_renders_in_headless_chromium(evaluated_repo: Path, tmp_path: Pat
     assert any(h > low for low, h in zip(lo, hi)), "the screenshot is a single colour"
 
 
+@pytest.mark.slow  # a fresh feast apply plus a robustness run: ~1 minute
 def test_report_shows_the_robustness_figures_when_a_check_ran(evaluated_repo: Path, tmp_path: Path) -> None:
     from llmhyper_feast.jobs.robustness import robustness
 

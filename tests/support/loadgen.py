@@ -68,12 +68,14 @@ class LoadResult:
     errors: Counter[str]
     rss_kb: list[tuple[float, int]] = field(default_factory=list)
     server_cpu_s: float | None = None  # user + system CPU the server used during the run
+    kind_latencies_ms: dict[str, list[float]] = field(default_factory=dict)
 
-    def percentile(self, q: float) -> float:
-        """Latency percentile ``q`` in [0, 100] (nearest rank), in ms; nan without samples."""
-        if not self.latencies_ms:
+    def percentile(self, q: float, kind: str | None = None) -> float:
+        """Latency percentile ``q`` in [0, 100] (nearest rank), in ms, of every request or of one kind."""
+        samples = self.latencies_ms if kind is None else self.kind_latencies_ms.get(kind, [])
+        if not samples:
             return float("nan")
-        ordered = sorted(self.latencies_ms)
+        ordered = sorted(samples)
         return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
     def unexpected(self) -> dict[str, dict[int, int]]:
@@ -95,6 +97,7 @@ class LoadResult:
             "p90_ms": round(self.percentile(90), 2),
             "p99_ms": round(self.percentile(99), 2),
             "max_ms": round(max(self.latencies_ms, default=float("nan")), 2),
+            "p99_ms_by_kind": {k: round(self.percentile(99, k), 2) for k in sorted(self.kind_latencies_ms)},
             "status": {str(s): n for s, n in sorted(self.status.items())},
             "server_errors": sum(n for s, n in self.status.items() if s >= 500),
             "server_cpu_ms_per_request": (
@@ -251,6 +254,7 @@ async def run(
     status: Counter[int] = Counter()
     by_kind: dict[str, Counter[int]] = defaultdict(Counter)
     errors: Counter[str] = Counter()
+    kind_latencies: dict[str, list[float]] = defaultdict(list)
     rss: list[tuple[float, int]] = []
     start = time.perf_counter()
     cpu0 = _cpu_seconds(pid) if pid else None
@@ -286,6 +290,7 @@ async def run(
                 code, keep = -1, False
                 errors[type(exc).__name__] += 1
             latencies.append((time.perf_counter() - t0) * 1e3)
+            kind_latencies[kind].append(latencies[-1])
             status[code] += 1
             by_kind[kind][code] += 1
             if not keep and conn is not None:
@@ -301,7 +306,7 @@ async def run(
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
-    return LoadResult(len(latencies), seconds, latencies, status, dict(by_kind), errors, rss, cpu)
+    return LoadResult(len(latencies), seconds, latencies, status, dict(by_kind), errors, rss, cpu, dict(kind_latencies))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

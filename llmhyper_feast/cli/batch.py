@@ -74,6 +74,15 @@ def _echo_report(report: Any, fmt: str) -> None:
         raise BackendError(f"{doc['stopped']}. Fix the backend and re-run `llmhyper batch collect`.")
 
 
+def _run_job(name: str, repo: Path, ads: tuple[str, ...], fmt: str, flags: dict[str, Any], **kwargs: Any) -> None:
+    """Run ``jobs.batch.<name>`` with the flags' settings and print its report (JSON-only stdout with --format json)."""
+    from llmhyper_feast.jobs import batch as job
+
+    with json_stdout(fmt == "json"):
+        report = getattr(job, name)(repo, settings_from_flags(repo, **flags), ad_ids=list(ads) or None, **kwargs)
+    _echo_report(report, fmt)
+
+
 @batch.command("run")
 @repo_option
 @backend_options
@@ -87,19 +96,7 @@ def run_cmd(
     repo: Path, ads: tuple[str, ...], force: bool, wait: bool, poll_s: float, quiet: bool, fmt: str, **flags: Any
 ) -> None:
     """Submit (or resume) the batches, wait, cache the answers and generate the ads."""
-    from llmhyper_feast.jobs import batch as job
-
-    with json_stdout(fmt == "json"):
-        report = job.run(
-            repo,
-            settings_from_flags(repo, **flags),
-            ad_ids=list(ads) or None,
-            force=force,
-            progress=not quiet,
-            wait=wait,
-            poll_s=poll_s,
-        )
-    _echo_report(report, fmt)
+    _run_job("run", repo, ads, fmt, flags, force=force, progress=not quiet, wait=wait, poll_s=poll_s)
 
 
 @batch.command("submit")
@@ -119,18 +116,7 @@ def submit_cmd(
     repo: Path, ads: tuple[str, ...], force: bool, write_only: Path | None, quiet: bool, fmt: str, **flags: Any
 ) -> None:
     """Upload the requests not yet answered as Batch API jobs (open batches are kept, not resubmitted)."""
-    from llmhyper_feast.jobs import batch as job
-
-    with json_stdout(fmt == "json"):
-        report = job.submit(
-            repo,
-            settings_from_flags(repo, **flags),
-            ad_ids=list(ads) or None,
-            force=force,
-            progress=not quiet,
-            write_only=write_only,
-        )
-    _echo_report(report, fmt)
+    _run_job("submit", repo, ads, fmt, flags, force=force, progress=not quiet, write_only=write_only)
 
 
 @batch.command("collect")
@@ -161,20 +147,18 @@ def collect_cmd(
     **flags: Any,
 ) -> None:
     """Ingest finished batches (and --batch-results files) into the answer cache, then generate."""
-    from llmhyper_feast.jobs import batch as job
-
-    with json_stdout(fmt == "json"):
-        report = job.collect(
-            repo,
-            settings_from_flags(repo, **flags),
-            ad_ids=list(ads) or None,
-            force=force,
-            progress=not quiet,
-            wait=wait,
-            poll_s=poll_s,
-            results_files=list(results),
-        )
-    _echo_report(report, fmt)
+    _run_job(
+        "collect",
+        repo,
+        ads,
+        fmt,
+        flags,
+        force=force,
+        progress=not quiet,
+        wait=wait,
+        poll_s=poll_s,
+        results_files=list(results),
+    )
 
 
 @batch.command("status")
